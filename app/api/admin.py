@@ -1,0 +1,86 @@
+"""Admin routes (ADMIN_TOKEN): client API keys. Plus ``GET /api/me`` for a client to test its key."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Blueprint, g
+from pydantic import BaseModel, Field
+from spectree import Response
+
+from app.api.auth import require_admin, require_api_key
+from app.api.errors import ApiError, ErrorResponse
+from app.api.spec import ADMIN, BEARER, spec
+from app.db import session_scope
+from app.services.auth import create_api_key, list_api_keys, revoke_api_key
+
+bp = Blueprint("admin", __name__)
+
+
+class ApiKeyCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200, description="Who or what the key is for.")
+
+
+class ApiKeyOut(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The secret; shown once, store it now.")
+
+
+class ApiKeyList(BaseModel):
+    items: list[ApiKeyOut]
+
+
+class Me(BaseModel):
+    api_key_id: int
+    name: str
+
+
+def _out(key) -> dict:  # type: ignore[no-untyped-def]
+    return ApiKeyOut.model_validate(key, from_attributes=True).model_dump(mode="json")
+
+
+@bp.post("/api/admin/api-keys")
+@spec.validate(json=ApiKeyCreate, resp=Response(HTTP_201=ApiKeyCreated, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse), tags=["admin"], security=ADMIN)
+@require_admin
+def create_key(json: ApiKeyCreate):  # type: ignore[no-untyped-def]
+    """Create a client API key."""
+    with session_scope() as session:
+        key, token = create_api_key(session, json.name)
+        body = _out(key) | {"key": token}
+    return body, 201
+
+
+@bp.get("/api/admin/api-keys")
+@spec.validate(resp=Response(HTTP_200=ApiKeyList, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse), tags=["admin"], security=ADMIN)
+@require_admin
+def list_keys():  # type: ignore[no-untyped-def]
+    """List client API keys (never their secrets)."""
+    with session_scope() as session:
+        return {"items": [_out(k) for k in list_api_keys(session)]}
+
+
+@bp.delete("/api/admin/api-keys/<int:key_id>")
+@spec.validate(resp=Response("HTTP_204", HTTP_401=ErrorResponse, HTTP_403=ErrorResponse, HTTP_404=ErrorResponse), tags=["admin"], security=ADMIN)
+@require_admin
+def revoke_key(key_id: int):  # type: ignore[no-untyped-def]
+    """Revoke a client API key; it stops working at once."""
+    with session_scope() as session:
+        if not revoke_api_key(session, key_id):
+            raise ApiError(404, "not_found", f"API key {key_id} does not exist")
+    return "", 204
+
+
+@bp.get("/api/me")
+@spec.validate(resp=Response(HTTP_200=Me, HTTP_401=ErrorResponse), tags=["auth"], security=BEARER)
+@require_api_key
+def me():  # type: ignore[no-untyped-def]
+    """The API key the request authenticated with."""
+    return {"api_key_id": g.api_key_id, "name": g.api_key_name}

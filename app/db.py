@@ -1,0 +1,91 @@
+"""Database engine, session factory and the session scope every task and view uses.
+
+One engine per process. Worker processes forked by Celery's prefork pool dispose the
+inherited engine in ``worker_process_init`` (see ``app.celery_app``) so that no two
+processes ever share a connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.settings import Settings, get_settings
+
+_engine: Engine | None = None
+_sessionmaker: sessionmaker[Session] | None = None
+
+
+def make_engine(settings: Settings) -> Engine:
+    """Build an engine for ``settings.database_url`` with per-dialect options."""
+    url = make_url(settings.database_url)
+    kwargs: dict[str, object] = {"echo": settings.database_echo, "pool_pre_ping": True}
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    else:
+        kwargs["pool_size"] = settings.database_pool_size
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    engine = create_engine(url, **kwargs)
+    if url.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    # WAL lets the API read while a worker writes; foreign keys are off by default.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def get_engine() -> Engine:
+    """The process-wide engine, built on first use."""
+    global _engine, _sessionmaker
+    if _engine is None:
+        _engine = make_engine(get_settings())
+        _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
+    return _engine
+
+
+def get_sessionmaker() -> sessionmaker[Session]:
+    get_engine()
+    assert _sessionmaker is not None
+    return _sessionmaker
+
+
+def dispose_engine() -> None:
+    """Drop inherited pooled connections without closing the parent's (after fork)."""
+    if _engine is not None:
+        _engine.dispose(close=False)
+
+
+def reset_engine() -> None:
+    """Forget the engine entirely (tests that switch databases)."""
+    global _engine, _sessionmaker
+    if _engine is not None:
+        _engine.dispose()
+    _engine = None
+    _sessionmaker = None
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session that commits on success, rolls back on error and always closes."""
+    session = get_sessionmaker()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

@@ -1,0 +1,1 @@
+"""Plain business logic, one module per family; never imports Celery or Flask."""

@@ -1,0 +1,54 @@
+"""Client API keys: create, verify and revoke. Only a SHA-256 hash is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models.auth import ApiKey
+from app.models.base import utcnow
+
+KEY_PREFIX = "ak_"
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_api_key(session: Session, name: str) -> tuple[ApiKey, str]:
+    """Add a key and return it with its plaintext, which is shown once and never stored."""
+    token = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(name=name, prefix=token[:10], key_hash=_hash(token))
+    session.add(key)
+    session.flush()
+    return key, token
+
+
+def verify_api_key(session: Session, token: str) -> ApiKey | None:
+    """The active key matching ``token``, or None."""
+    if not token.startswith(KEY_PREFIX):
+        return None
+    key = session.scalars(select(ApiKey).where(ApiKey.key_hash == _hash(token))).first()
+    if key is None or key.revoked_at is not None:
+        return None
+    if not hmac.compare_digest(key.key_hash, _hash(token)):
+        return None
+    key.last_used_at = utcnow()
+    return key
+
+
+def revoke_api_key(session: Session, key_id: int) -> bool:
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        return False
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+    return True
+
+
+def list_api_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))

@@ -1,0 +1,131 @@
+"""Dependency checks behind ``GET /health`` and ``python -m app check``.
+
+Each check is a plain function returning ``None`` on success or raising; ``run_checks``
+times each one and reports status and latency. Required checks decide the overall state.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict, dataclass
+
+import redis
+from kombu import Connection
+from sqlalchemy import text
+
+from app.settings import Settings
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: str  # "up" | "down"
+    required: bool
+    latency_ms: float
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class Check:
+    name: str
+    func: Callable[[], object]
+    required: bool = True
+
+
+def check_database() -> None:
+    from app.db import get_engine
+
+    with get_engine().connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def make_broker_check(settings: Settings) -> Callable[[], None]:
+    def check() -> None:
+        with Connection(settings.celery_broker_url, connect_timeout=settings.health_timeout) as conn:
+            conn.ensure_connection(max_retries=0, timeout=settings.health_timeout)
+
+    return check
+
+
+def make_redis_check(settings: Settings) -> Callable[[], None]:
+    def check() -> None:
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.health_timeout,
+            socket_connect_timeout=settings.health_timeout,
+        )
+        try:
+            client.ping()
+        finally:
+            client.close()
+
+    return check
+
+
+def make_storage_check(settings: Settings) -> Callable[[], None]:
+    def check() -> None:
+        from app.storage import get_storage
+
+        get_storage(settings).check()
+
+    return check
+
+
+def check_tesseract() -> None:
+    exe = shutil.which("tesseract")
+    if exe is None:
+        raise RuntimeError("tesseract not found on PATH")
+    subprocess.run([exe, "--version"], check=True, capture_output=True, timeout=5)
+
+
+def default_checks(settings: Settings) -> list[Check]:
+    """The checks /health runs; later families append theirs (Docker, models)."""
+    return [
+        Check("database", check_database),
+        Check("broker", make_broker_check(settings)),
+        Check("redis", make_redis_check(settings)),
+        Check("storage", make_storage_check(settings)),
+        Check("tesseract", check_tesseract, required=False),
+    ]
+
+
+def run_checks(checks: list[Check], timeout: float) -> tuple[bool, list[CheckResult]]:
+    """Run every check concurrently, each bounded by ``timeout``; healthy when every
+    required one is up."""
+    pool = ThreadPoolExecutor(max_workers=max(1, len(checks)))
+    started = time.perf_counter()
+    futures = [(c, pool.submit(_timed, c.func)) for c in checks]
+    results: list[CheckResult] = []
+    try:
+        for check, future in futures:
+            remaining = max(0.0, timeout - (time.perf_counter() - started))
+            try:
+                elapsed = future.result(timeout=remaining)
+                results.append(CheckResult(check.name, "up", check.required, round(elapsed * 1000, 1)))
+            except FutureTimeout:
+                results.append(
+                    CheckResult(check.name, "down", check.required, round(timeout * 1000, 1), f"timed out after {timeout:.1f}s")
+                )
+            except Exception as exc:  # a failed dependency is reported, never raised
+                results.append(
+                    CheckResult(check.name, "down", check.required, round((time.perf_counter() - started) * 1000, 1),
+                                f"{type(exc).__name__}: {exc}"[:300])
+                )
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    healthy = all(r.status == "up" for r in results if r.required)
+    return healthy, results
+
+
+def _timed(func: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    func()
+    return time.perf_counter() - start

@@ -1,0 +1,224 @@
+"""Typed settings for every process of the application.
+
+One ``Settings`` object is read from the environment and an optional ``.env`` file.
+Every other module (celeryconfig, the API, the CLI, the tasks) reads it through
+``get_settings()``; tests build their own through the constructor.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Repository root: the embedded defaults live under ``<root>/var``.
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+
+#: Every queue the application uses; celeryconfig declares exactly these.
+QUEUES: tuple[str, ...] = (
+    "default",
+    "ocr",
+    "scans",
+    "voice",
+    "outbox",
+    "messages",
+    "files",
+    "gc",
+    "schedules",
+)
+
+
+class Settings(BaseSettings):
+    """All configuration, one field per environment variable (upper-case name)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # --- general -----------------------------------------------------------
+    environment: Literal["development", "test", "production"] = Field(
+        "development", description="Deployment environment name, reported by /health."
+    )
+    secret_key: SecretStr = Field(
+        SecretStr(""),
+        description="Key that signs local-storage download tokens. Empty: a random key is "
+        "generated once and kept in var/secret.key.",
+    )
+    admin_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer credential for admin routes. Empty: admin routes answer 403.",
+    )
+
+    # --- database ----------------------------------------------------------
+    database_url: str = Field(
+        f"sqlite:///{VAR / 'app.db'}",
+        description="SQLAlchemy URL. SQLite for the embedded default, PostgreSQL in production.",
+    )
+    database_pool_size: int = Field(5, ge=1, le=200, description="Connection pool size (PostgreSQL).")
+    database_echo: bool = Field(False, description="Log every SQL statement.")
+
+    # --- redis / broker ----------------------------------------------------
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis for locks, dedup keys and pub/sub; also the default broker and result backend.",
+    )
+    broker_url: str = Field("", description="Celery broker URL (redis:// or amqp://). Empty: REDIS_URL.")
+    result_backend: str = Field("", description="Celery result backend URL. Empty: REDIS_URL.")
+    broker_visibility_timeout: int = Field(
+        7200,
+        ge=60,
+        description="Seconds before Redis redelivers an unacknowledged task; must exceed TASK_TIME_LIMIT.",
+    )
+    redis_socket_timeout: float = Field(5.0, gt=0, description="Seconds for every Redis socket operation.")
+
+    # --- celery ------------------------------------------------------------
+    task_soft_time_limit: int = Field(600, ge=1, description="Default soft time limit of a task, seconds.")
+    task_time_limit: int = Field(660, ge=1, description="Default hard time limit of a task, seconds.")
+    result_expires: int = Field(86400, ge=60, description="Seconds task results are kept in the backend.")
+    worker_max_tasks_per_child: int = Field(
+        1000, ge=1, description="Tasks a worker process runs before it is replaced (bounds leaks)."
+    )
+    worker_concurrency: int = Field(
+        2, ge=1, le=64, description="Processes or threads per worker started by `python -m app dev`."
+    )
+
+    # --- storage -----------------------------------------------------------
+    storage_backend: Literal["local", "s3"] = Field("local", description="`local` directory or `s3`.")
+    storage_local_root: Path = Field(VAR / "storage", description="Directory of the local storage backend.")
+    s3_bucket: str = Field("app", description="Bucket of the S3 backend.")
+    s3_endpoint_url: str = Field("", description="S3 endpoint (MinIO, moto). Empty: AWS.")
+    s3_region: str = Field("us-east-1", description="S3 region.")
+    s3_access_key_id: str = Field("", description="S3 access key id. Empty: boto3's default chain.")
+    s3_secret_access_key: SecretStr = Field(SecretStr(""), description="S3 secret access key.")
+    s3_timeout: float = Field(10.0, gt=0, description="Connect and read timeout of every S3 call, seconds.")
+    presign_expiry_seconds: int = Field(3600, ge=1, le=604800, description="Lifetime of download URLs.")
+
+    # --- api / flower ------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Address the API binds to.")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port of the API.")
+    public_base_url: str = Field(
+        "", description="Base URL clients reach the API at (for links made outside a request). "
+        "Empty: http://API_HOST:API_PORT."
+    )
+    max_request_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, description="Largest request body the API accepts."
+    )
+    flower_port: int = Field(5555, ge=1, le=65535, description="Port of Flower.")
+    flower_user: str = Field("admin", description="Flower basic-auth user.")
+    flower_password: SecretStr = Field(
+        SecretStr(""), description="Flower basic-auth password. Empty: generated by `dev` and printed."
+    )
+
+    # --- health / logging --------------------------------------------------
+    health_timeout: float = Field(2.0, gt=0, description="Seconds each /health dependency check may take.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_json: bool = Field(True, description="JSON lines (true) or plain text (false).")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a SQLAlchemy database URL: {exc}") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError("only sqlite:// and postgresql:// URLs are supported")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        url = AnyUrl(value)
+        if url.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("broker_url", "result_backend")
+    @classmethod
+    def _check_broker_url(cls, value: str) -> str:
+        if value:
+            url = AnyUrl(value)
+            if url.scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
+                raise ValueError("must be a redis:// or amqp:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> "Settings":
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ValueError("TASK_SOFT_TIME_LIMIT must be lower than TASK_TIME_LIMIT")
+        if self.broker_visibility_timeout <= self.task_time_limit:
+            raise ValueError("BROKER_VISIBILITY_TIMEOUT must exceed TASK_TIME_LIMIT")
+        return self
+
+    # --- derived values ----------------------------------------------------
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def celery_result_backend(self) -> str:
+        return self.result_backend or self.redis_url
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_base_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    def signing_key(self) -> bytes:
+        """The storage-signing key; generated once under var/ when none is configured."""
+        if self.secret_key.get_secret_value():
+            return self.secret_key.get_secret_value().encode()
+        path = VAR / "secret.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()
+
+
+class SettingsError(SystemExit):
+    """Raised at start-up when the environment holds an invalid value."""
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per bad variable, naming it by its environment name."""
+    lines = ["invalid configuration:"]
+    for err in exc.errors():
+        name = "_".join(str(p) for p in err["loc"]).upper() or "(settings)"
+        lines.append(f"  {name}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning a validation error into a clean start-up failure."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(format_validation_error(exc)) from None
+
+
+_current: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, built on first use."""
+    global _current
+    if _current is None:
+        _current = load_settings()
+    return _current
+
+
+def set_settings(settings: Settings | None) -> None:
+    """Replace the process-wide settings (``create_app(settings)``, tests)."""
+    global _current
+    _current = settings

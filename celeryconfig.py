@@ -1,0 +1,75 @@
+"""Celery configuration: every queue, every route and the reliability defaults, in one place.
+
+Queues are declared up front and ``task_create_missing_queues`` is off, so a task routed
+to a misspelt queue fails when it is sent (and ``app.celery_app.check_routes`` fails at
+start-up), instead of silently creating a queue nobody consumes.
+"""
+
+from __future__ import annotations
+
+from kombu import Exchange, Queue
+
+from app.settings import QUEUES, get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.celery_broker_url
+result_backend = _settings.celery_result_backend
+
+# --- queues and routes -----------------------------------------------------
+task_queues = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES)
+task_default_queue = "default"
+task_default_exchange = "default"
+task_default_routing_key = "default"
+task_create_missing_queues = False
+
+#: Route by task module: ``app.tasks.<family>.*`` goes to the family's queue.
+FAMILY_QUEUES = {
+    "app.tasks.ocr": "ocr",
+    "app.tasks.scans": "scans",
+    "app.tasks.voice": "voice",
+    "app.tasks.outbox": "outbox",
+    "app.tasks.messages": "messages",
+    "app.tasks.files": "files",
+    "app.tasks.gc": "gc",
+    "app.tasks.schedules": "schedules",
+    "app.tasks.system": "default",
+}
+task_routes = {f"{module}.*": {"queue": queue} for module, queue in FAMILY_QUEUES.items()}
+
+# --- serialization -----------------------------------------------------------
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# --- reliability -------------------------------------------------------------
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_track_started = True
+task_soft_time_limit = _settings.task_soft_time_limit
+task_time_limit = _settings.task_time_limit
+result_expires = _settings.result_expires
+worker_max_tasks_per_child = _settings.worker_max_tasks_per_child
+broker_connection_retry_on_startup = True
+broker_connection_max_retries = None  # keep trying while the broker is down
+broker_transport_options = {
+    # Redis redelivers an unacknowledged task after this long; it must exceed the
+    # longest task, or a slow task would run twice.
+    "visibility_timeout": _settings.broker_visibility_timeout,
+    "socket_timeout": _settings.redis_socket_timeout,
+    "socket_connect_timeout": _settings.redis_socket_timeout,
+}
+result_backend_transport_options = {"visibility_timeout": _settings.broker_visibility_timeout}
+redis_socket_timeout = _settings.redis_socket_timeout
+redis_socket_connect_timeout = _settings.redis_socket_timeout
+worker_send_task_events = True  # Flower
+task_send_sent_event = True
+worker_hijack_root_logger = False
+worker_cancel_long_running_tasks_on_connection_loss = False
+
+# --- beat ------------------------------------------------------------------------
+beat_schedule: dict[str, dict] = {}
+timezone = "UTC"
+enable_utc = True
