@@ -93,3 +93,11 @@ def check(as_json: bool) -> None:
             click.echo(f"{r.name:<12} {r.status:<5} {r.latency_ms:>8.1f} ms{flag}  {r.error or ''}".rstrip())
         click.echo("healthy" if healthy else "UNHEALTHY")
     sys.exit(0 if healthy else 1)
+
+
+@main.command("config-docs")
+def config_docs() -> None:
+    """Regenerate docs/configuration.md from the Settings class."""
+    from app.configdoc import write
+
+    click.echo(f"wrote {write()}")

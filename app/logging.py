@@ -48,10 +48,9 @@ def configure_logging(level: str | None = None, json_lines: bool | None = None) 
     if json_lines:
         handler.setFormatter(
             JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s",
-                rename_fields={"asctime": "timestamp", "levelname": "level", "name": "logger"},
-                timestamp=False,
-                datefmt="%Y-%m-%dT%H:%M:%S%z",
+                "%(levelname)s %(name)s %(message)s",
+                rename_fields={"levelname": "level", "name": "logger"},
+                timestamp=True,  # ISO 8601, UTC, microseconds
             )
         )
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -55,9 +56,11 @@ def need(ok: bool, what: str) -> None:
     pytest.skip(f"{what} not available")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def tmp_root() -> Iterator[Path]:
+    """Scratch space of the session (worker logs, local storage), removed at the end."""
     yield _TMP
+    shutil.rmtree(_TMP, ignore_errors=True)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ and on RabbitMQ; a SIGKILLed task is delivered again and completes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -32,6 +33,15 @@ def test_each_queue_is_consumed_only_by_its_worker(broker, start_worker, request
         payload = result.get(timeout=30)
         assert payload["queue"] == queue
         assert payload["hostname"] == workers[queue].nodename, f"{queue} task ran on {payload['hostname']}"
+
+    # Worker logs are JSON lines carrying the task id and the queue.
+    for queue, result in results.items():
+        lines = [json.loads(l) for l in workers[queue].log_path.read_text().splitlines() if l.startswith("{")]
+        answered = [l for l in lines if l.get("message") == "ping answered"]
+        assert answered, workers[queue].log_tail()
+        line = answered[0]
+        assert line["task_id"] == result.id and line["queue"] == queue
+        assert {"timestamp", "level", "logger"} <= set(line)
 
     # Each worker processed exactly its own queue's task and nothing else.
     stats = client.control.inspect(destination=[w.nodename for w in workers.values()], timeout=5).stats()
