@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from spectree import SecurityScheme, SpecTree
+from spectree.models import SecuritySchemeData
 
 from app.api.errors import ApiError
 
@@ -35,8 +36,8 @@ spec = SpecTree(
     validation_error_status=400,
     before=_validation_error_to_api_error,
     security_schemes=[
-        SecurityScheme(name="bearer", data={"type": "http", "scheme": "bearer", "description": "Client API key"}),
-        SecurityScheme(name="admin", data={"type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN"}),
+        SecurityScheme(name="bearer", data=SecuritySchemeData(type="http", scheme="bearer", description="Client API key")),
+        SecurityScheme(name="admin", data=SecuritySchemeData(type="http", scheme="bearer", description="ADMIN_TOKEN")),
     ],
 )
 
