@@ -70,6 +70,13 @@ worker_hijack_root_logger = False
 worker_cancel_long_running_tasks_on_connection_loss = False
 
 # --- beat ------------------------------------------------------------------------
-beat_schedule: dict[str, dict] = {}
+# Every entry has ``expires`` no longer than its interval, so a backlog never piles up.
+beat_schedule: dict[str, dict] = {
+    "outbox-relay": {
+        "task": "app.tasks.outbox.relay",
+        "schedule": _settings.outbox_relay_interval,
+        "options": {"expires": _settings.outbox_relay_interval},
+    },
+}
 timezone = "UTC"
 enable_utc = True

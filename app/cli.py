@@ -101,3 +101,79 @@ def config_docs() -> None:
     from app.configdoc import write
 
     click.echo(f"wrote {write()}")
+
+
+@main.group()
+def dlq() -> None:
+    """The messages dead-letter queue."""
+
+
+@dlq.command("list")
+@click.option("--channel", type=click.Choice(["whatsapp", "instagram"]))
+@click.option("--error", help="error kind or text")
+@click.option("--all", "show_all", is_flag=True, help="include replayed ones")
+@click.option("--limit", default=50, show_default=True)
+def dlq_list(channel: str | None, error: str | None, show_all: bool, limit: int) -> None:
+    """List dead letters, newest first."""
+    from app.db import session_scope
+    from app.services.routing import list_dead_letters
+
+    with session_scope() as session:
+        rows, total = list_dead_letters(
+            session, channel=channel, error=error, replayed=None if show_all else False, limit=limit
+        )
+        for r in rows:
+            replayed = f" replayed {r.replayed_at:%Y-%m-%d %H:%M:%S}" if r.replayed_at else ""
+            click.echo(f"{r.id}\t{r.message_id}\t{r.channel}\t{r.error_kind}\t{r.attempts}\t{r.error[:80]}{replayed}")
+    click.echo(f"{total} dead letter(s)")
+
+
+@dlq.command("replay")
+@click.argument("dead_letter_id", type=int)
+def dlq_replay(dead_letter_id: int) -> None:
+    """Send a dead letter again through the outbox."""
+    from app.db import session_scope
+    from app.locks import redis_client
+    from app.services.routing import NotReplayable, dedup_key, replay_dead_letter
+
+    try:
+        with session_scope() as session:
+            message_id = replay_dead_letter(session, dead_letter_id).message_id
+    except (LookupError, NotReplayable) as exc:
+        raise click.ClickException(str(exc)) from None
+    redis_client().delete(dedup_key(message_id))
+    click.echo(f"replayed dead letter {dead_letter_id} (message {message_id})")
+
+
+@main.group()
+def outbox() -> None:
+    """The transactional outbox."""
+
+
+@outbox.command("list")
+@click.option("--state", type=click.Choice(["dead", "pending", "all"]), default="dead", show_default=True)
+@click.option("--limit", default=50, show_default=True)
+def outbox_list(state: str, limit: int) -> None:
+    """List outbox events."""
+    from app.db import session_scope
+    from app.services.outbox import list_events
+
+    with session_scope() as session:
+        for e in list_events(session, dead=True if state == "dead" else None, pending=state == "pending", limit=limit):
+            click.echo(f"{e.id}\t{e.event_type}\t{e.task_name}\t{e.attempts}\t{'dead' if e.dead else ''}\t{e.last_error or ''}")
+
+
+@outbox.command("replay")
+@click.argument("event_id", type=int)
+def outbox_replay(event_id: int) -> None:
+    """Give a dead outbox event fresh attempts."""
+    from app.db import session_scope
+    from app.services.outbox import NotDead, replay_dead
+
+    try:
+        with session_scope() as session:
+            if replay_dead(session, event_id) is None:
+                raise click.ClickException(f"outbox event {event_id} does not exist")
+    except NotDead as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"outbox event {event_id} will be published again")

@@ -113,6 +113,7 @@ class DevStack:
                              "-n", "dev@%h", "-c", str(s.worker_concurrency), "--loglevel", s.log_level]),
             Child("beat", [py, "-m", "celery", "-A", "app", "beat", "--loglevel", s.log_level,
                            "-s", str(VAR / "celerybeat-schedule")]),
+            Child("channels", [py, "-m", "app.dev.channels", "--port", str(s.dev_channels_port)]),
             Child("flower", [py, "-m", "celery", "-A", "app", "flower", "--address=127.0.0.1",
                              f"--port={s.flower_port}", f"--basic-auth={s.flower_user}:{self.flower_password}"]),
         ]
@@ -129,6 +130,7 @@ class DevStack:
             "stack is up:",
             f"  API      {api}   (health: {api}/health, OpenAPI: {api}/openapi.json)",
             f"  Flower   http://127.0.0.1:{s.flower_port}   (user {s.flower_user}, password {self.flower_password})",
+            f"  channels http://127.0.0.1:{s.dev_channels_port}   (development WhatsApp/Instagram server; GET /_received)",
             f"  queues   {', '.join(QUEUES)}",
             "Ctrl-C stops everything.",
             "",

@@ -28,10 +28,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
 
     from app.api.admin import bp as admin_bp
+    from app.api.dlq import bp as dlq_bp
     from app.api.health import bp as health_bp
+    from app.api.messages import bp as messages_bp
     from app.api.storage import bp as storage_bp
 
-    for bp in (health_bp, admin_bp, storage_bp):
+    for bp in (health_bp, admin_bp, storage_bp, messages_bp, dlq_bp):
         app.register_blueprint(bp)
 
     spec.register(app)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from app.models.base import Base
 from app.models.auth import ApiKey
+from app.models.base import Base
+from app.models.messages import DeadLetter, Message, MessageDelivery, MessageStatusUpdate
+from app.models.outbox import OutboxEvent
 
-__all__ = ["Base", "ApiKey"]
+__all__ = ["Base", "ApiKey", "OutboxEvent", "Message", "MessageDelivery", "MessageStatusUpdate", "DeadLetter"]

@@ -1,0 +1,151 @@
+"""Dead-letter queue (admin): list failed deliveries and replay them through the outbox.
+Also the outbox's own dead events, visible and replayable."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from flask import Blueprint
+from pydantic import BaseModel, Field
+from spectree import Response
+
+from app.api.auth import require_admin
+from app.api.errors import ApiError, ErrorResponse
+from app.api.nudge import nudge_relay
+from app.api.spec import ADMIN, spec
+from app.db import session_scope
+from app.locks import redis_client
+from app.services import outbox as outbox_service
+from app.services.routing import NotReplayable, dedup_key, list_dead_letters, replay_dead_letter
+
+bp = Blueprint("dlq", __name__)
+
+
+class DlqQuery(BaseModel):
+    channel: Literal["whatsapp", "instagram"] | None = None
+    error: str | None = Field(None, max_length=200, description="Error kind (`permanent`, `exhausted`, `unknown_outcome`) or text.")
+    replayed: bool | None = None
+    page: int = Field(1, ge=1, le=100000)
+    per_page: int = Field(50, ge=1, le=500)
+
+
+class DeadLetterOut(BaseModel):
+    id: int
+    message_id: str
+    channel: str
+    error: str
+    error_kind: str
+    attempts: int
+    created_at: datetime
+    replayed_at: datetime | None
+
+
+class DeadLetterPage(BaseModel):
+    items: list[DeadLetterOut]
+    total: int
+    page: int
+    per_page: int
+
+
+class Replayed(BaseModel):
+    id: int
+    message_id: str
+    replayed_at: datetime
+    status_url: str
+
+
+class OutboxQuery(BaseModel):
+    state: Literal["dead", "pending", "all"] = "dead"
+    page: int = Field(1, ge=1, le=100000)
+    per_page: int = Field(50, ge=1, le=500)
+
+
+class OutboxEventOut(BaseModel):
+    id: int
+    aggregate_type: str
+    aggregate_id: str
+    event_type: str
+    task_name: str
+    created_at: datetime
+    published_at: datetime | None
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    dead: bool
+
+
+class OutboxPage(BaseModel):
+    items: list[OutboxEventOut]
+    page: int
+    per_page: int
+
+
+@bp.get("/api/dlq")
+@spec.validate(query=DlqQuery, resp=Response(HTTP_200=DeadLetterPage, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse),
+               tags=["dlq"], security=ADMIN)
+@require_admin
+def list_dlq(query: DlqQuery):  # type: ignore[no-untyped-def]
+    """Dead letters, newest first, filtered by channel, error and replay state."""
+    with session_scope() as session:
+        rows, total = list_dead_letters(
+            session, channel=query.channel, error=query.error, replayed=query.replayed,
+            limit=query.per_page, offset=(query.page - 1) * query.per_page,
+        )
+        items = [DeadLetterOut.model_validate(r, from_attributes=True).model_dump(mode="json") for r in rows]
+    return {"items": items, "total": total, "page": query.page, "per_page": query.per_page}
+
+
+@bp.post("/api/dlq/<int:dead_letter_id>/replay")
+@spec.validate(resp=Response(HTTP_202=Replayed, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse, HTTP_404=ErrorResponse, HTTP_409=ErrorResponse),
+               tags=["dlq"], security=ADMIN)
+@require_admin
+def replay(dead_letter_id: int):  # type: ignore[no-untyped-def]
+    """Send the dead letter's channel again, through the outbox."""
+    try:
+        with session_scope() as session:
+            dl = replay_dead_letter(session, dead_letter_id)
+            body = {"id": dl.id, "message_id": dl.message_id, "replayed_at": dl.replayed_at.isoformat()}
+    except LookupError as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    except NotReplayable as exc:
+        raise ApiError(409, "not_replayable", str(exc)) from None
+    redis_client().delete(dedup_key(body["message_id"]))  # after commit: reset dedup for this message only
+    nudge_relay()
+    body["status_url"] = f"/api/messages/{body['message_id']}"
+    return body, 202
+
+
+@bp.get("/api/admin/outbox")
+@spec.validate(query=OutboxQuery, resp=Response(HTTP_200=OutboxPage, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse),
+               tags=["outbox"], security=ADMIN)
+@require_admin
+def list_outbox(query: OutboxQuery):  # type: ignore[no-untyped-def]
+    """Outbox events: dead ones (default), pending ones, or all."""
+    with session_scope() as session:
+        rows = outbox_service.list_events(
+            session,
+            dead=True if query.state == "dead" else None,
+            pending=query.state == "pending",
+            limit=query.per_page, offset=(query.page - 1) * query.per_page,
+        )
+        items = [OutboxEventOut.model_validate(r, from_attributes=True).model_dump(mode="json") for r in rows]
+    return {"items": items, "page": query.page, "per_page": query.per_page}
+
+
+@bp.post("/api/admin/outbox/<int:event_id>/replay")
+@spec.validate(resp=Response(HTTP_202=OutboxEventOut, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse, HTTP_404=ErrorResponse, HTTP_409=ErrorResponse),
+               tags=["outbox"], security=ADMIN)
+@require_admin
+def replay_outbox(event_id: int):  # type: ignore[no-untyped-def]
+    """Give a dead outbox event fresh attempts."""
+    try:
+        with session_scope() as session:
+            event = outbox_service.replay_dead(session, event_id)
+            if event is None:
+                raise ApiError(404, "not_found", f"outbox event {event_id} does not exist")
+            body = OutboxEventOut.model_validate(event, from_attributes=True).model_dump(mode="json")
+    except outbox_service.NotDead as exc:
+        raise ApiError(409, "not_dead", str(exc)) from None
+    nudge_relay()
+    return body, 202

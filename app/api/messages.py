@@ -1,0 +1,128 @@
+"""Messages API: ``POST /api/messages`` (message + outbox event in one transaction) and
+``GET /api/messages/<id>`` with the status history."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from flask import Blueprint, current_app, url_for
+from pydantic import BaseModel, Field
+from spectree import Response
+
+from app.api.auth import require_api_key
+from app.api.errors import ApiError, ErrorResponse
+from app.api.nudge import nudge_relay
+from app.api.spec import BEARER, spec
+from app.db import session_scope
+from app.models.messages import Message
+from app.services.routing import MessageConflict, submit_message
+
+bp = Blueprint("messages", __name__)
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+
+
+class MessageCreate(BaseModel):
+    id: str | None = Field(
+        None, pattern=ID_PATTERN,
+        description="Client-chosen id; the idempotency key. Omitted: the server picks one.",
+    )
+    conversation_id: str = Field(min_length=1, max_length=128)
+    channel: Literal["whatsapp", "instagram", "all"]
+    recipient: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9+._:-]+$")
+    content: str = Field(min_length=1, description="Text; at most MESSAGE_MAX_LENGTH characters.")
+
+
+class MessageAccepted(BaseModel):
+    id: str
+    status: str
+    status_url: str
+    duplicate: bool = Field(description="True when this id was already accepted; nothing new was queued.")
+
+
+class DeliveryOut(BaseModel):
+    channel: str
+    status: str
+    attempts: int
+    provider_message_id: str | None
+    last_error: str | None
+
+
+class StatusUpdateOut(BaseModel):
+    status: str
+    detail: str | None
+    created_at: datetime
+
+
+class MessageOut(BaseModel):
+    id: str
+    conversation_id: str
+    channel: str
+    recipient: str
+    content: str
+    status: str
+    attempts: int
+    last_error: str | None
+    provider_message_ids: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+    deliveries: list[DeliveryOut]
+    history: list[StatusUpdateOut]
+
+
+def message_out(message: Message) -> dict:
+    return MessageOut(
+        id=message.id, conversation_id=message.conversation_id, channel=message.channel,
+        recipient=message.recipient, content=message.content, status=message.status,
+        attempts=message.attempts, last_error=message.last_error,
+        provider_message_ids=message.provider_message_ids, created_at=message.created_at,
+        updated_at=message.updated_at,
+        deliveries=[DeliveryOut.model_validate(d, from_attributes=True) for d in message.deliveries],
+        history=[StatusUpdateOut.model_validate(h, from_attributes=True) for h in message.history],
+    ).model_dump(mode="json")
+
+
+@bp.post("/api/messages")
+@spec.validate(
+    json=MessageCreate,
+    resp=Response(HTTP_202=MessageAccepted, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_409=ErrorResponse),
+    tags=["messages"], security=BEARER,
+)
+@require_api_key
+def submit(json: MessageCreate):  # type: ignore[no-untyped-def]
+    """Accept a message for WhatsApp, Instagram or both; it is routed asynchronously."""
+    limit = current_app.config["SETTINGS"].message_max_length
+    if len(json.content) > limit:
+        raise ApiError(400, "validation_error", f"invalid request: content is longer than {limit} characters",
+                       [{"loc": ["content"], "msg": f"at most {limit} characters", "type": "string_too_long"}])
+    message_id = json.id or uuid.uuid4().hex
+    try:
+        with session_scope() as session:
+            message, created = submit_message(
+                session, message_id=message_id, conversation_id=json.conversation_id,
+                channel=json.channel, recipient=json.recipient, content=json.content,
+            )
+            status = message.status
+    except MessageConflict as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    if created:
+        nudge_relay()
+    return {
+        "id": message_id, "status": status, "duplicate": not created,
+        "status_url": url_for("messages.get_message", message_id=message_id),
+    }, 202
+
+
+@bp.get("/api/messages/<message_id>")
+@spec.validate(resp=Response(HTTP_200=MessageOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
+               tags=["messages"], security=BEARER)
+@require_api_key
+def get_message(message_id: str):  # type: ignore[no-untyped-def]
+    """A message, its per-channel deliveries and its status history."""
+    with session_scope() as session:
+        message = session.get(Message, message_id)
+        if message is None:
+            raise ApiError(404, "not_found", f"message {message_id!r} does not exist")
+        return message_out(message)

@@ -1,0 +1,1 @@
+"""Development helpers: servers that stand in for external services on loopback."""

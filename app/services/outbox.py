@@ -1,0 +1,190 @@
+"""Transactional outbox: add events in the caller's transaction; relay them to the broker.
+
+The API writes its business row and an ``OutboxEvent`` in one transaction and never
+talks to the broker inside the request, so it keeps accepting work while the broker is
+down. The relay publishes due events in id order and marks them published in the same
+transaction that locked them (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several
+relays never take the same event; on SQLite the caller holds a lock instead).
+
+Guarantee: at-least-once publish. An event is marked published only after the broker
+accepted it; a crash between the two publishes it again, with the same task id
+(``outbox-<event id>``), and consumers are idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.models.base import utcnow
+from app.models.outbox import OutboxEvent
+
+logger = logging.getLogger(__name__)
+
+PUBSUB_CHANNEL = "outbox.events"
+
+
+class NotDead(Exception):
+    """Only a dead event can be replayed."""
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot be reached: stop the batch, charge no event an attempt."""
+
+
+@dataclass
+class RelayResult:
+    published: int = 0
+    failed: int = 0
+    dead: int = 0
+    broker_down: bool = False
+    published_ids: list[int] = field(default_factory=list)
+
+
+def task_id_for(event_id: int) -> str:
+    """Deterministic Celery task id of an event: a re-publish is recognisably the same."""
+    return f"outbox-{event_id}"
+
+
+def add_event(
+    session: Session,
+    *,
+    aggregate_type: str,
+    aggregate_id: str,
+    event_type: str,
+    task_name: str,
+    payload: dict[str, Any],
+) -> OutboxEvent:
+    """Add an event to the caller's transaction; it is published only if that commits."""
+    json.dumps(payload)  # fail here, in the request, not later in the relay
+    event = OutboxEvent(
+        aggregate_type=aggregate_type,
+        aggregate_id=str(aggregate_id),
+        event_type=event_type,
+        task_name=task_name,
+        payload=payload,
+        next_attempt_at=utcnow(),
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def claim_due(session: Session, limit: int, now: datetime | None = None) -> list[OutboxEvent]:
+    """Lock and return up to ``limit`` due, unpublished, live events in id order."""
+    now = now or utcnow()
+    stmt = (
+        select(OutboxEvent)
+        .where(OutboxEvent.published_at.is_(None), OutboxEvent.dead.is_(False), OutboxEvent.next_attempt_at <= now)
+        .order_by(OutboxEvent.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    return list(session.scalars(stmt))
+
+
+def backoff_seconds(base: float, attempts: int) -> float:
+    """1, 2, 4 … × base: the wait after the ``attempts``-th failed publish."""
+    return base * (2 ** max(0, attempts - 1))
+
+
+def relay_batch(
+    session: Session,
+    publish: Callable[[OutboxEvent], None],
+    *,
+    batch_size: int,
+    max_attempts: int,
+    backoff_base: float,
+    notify: Callable[[list[OutboxEvent]], None] | None = None,
+    now: datetime | None = None,
+) -> RelayResult:
+    """Publish one batch and record the outcome; the caller commits.
+
+    ``publish`` raises ``BrokerUnavailable`` when the broker is down (the batch stops and
+    the remaining events wait, uncharged) or any other exception for a failure of this
+    event (charged: exponential backoff, then dead after ``max_attempts``).
+    """
+    now = now or utcnow()
+    result = RelayResult()
+    events = claim_due(session, batch_size, now)
+    published: list[OutboxEvent] = []
+    for event in events:
+        try:
+            publish(event)
+        except BrokerUnavailable as exc:
+            logger.warning("broker unavailable; relay stops this batch", extra={"error": str(exc)})
+            result.broker_down = True
+            break
+        except Exception as exc:  # any per-event failure is recorded on the event
+            event.attempts += 1
+            event.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+            if event.attempts >= max_attempts:
+                event.dead = True
+                result.dead += 1
+                logger.error("outbox event dead", extra={"event_id": event.id, "error": event.last_error})
+            else:
+                event.next_attempt_at = now + timedelta(seconds=backoff_seconds(backoff_base, event.attempts))
+            result.failed += 1
+            continue
+        published.append(event)
+    if published:
+        ids = [e.id for e in published]
+        session.execute(
+            update(OutboxEvent).where(OutboxEvent.id.in_(ids)).values(published_at=now),
+            execution_options={"synchronize_session": False},
+        )
+        for event in published:
+            event.published_at = now
+        result.published = len(ids)
+        result.published_ids = ids
+        if notify is not None:
+            try:
+                notify(published)
+            except Exception:  # real-time listeners are best effort; the broker has the event
+                logger.warning("outbox pub/sub notify failed", exc_info=True)
+    return result
+
+
+def replay_dead(session: Session, event_id: int) -> OutboxEvent | None:
+    """Give a dead event a fresh set of attempts, due now."""
+    event = session.get(OutboxEvent, event_id, with_for_update=True)
+    if event is None:
+        return None
+    if not event.dead:
+        raise NotDead(f"outbox event {event_id} is not dead")
+    event.dead = False
+    event.attempts = 0
+    event.published_at = None
+    event.next_attempt_at = utcnow()
+    return event
+
+
+def list_events(session: Session, *, dead: bool | None = None, pending: bool | None = None, limit: int = 50, offset: int = 0) -> list[OutboxEvent]:
+    stmt = select(OutboxEvent).order_by(OutboxEvent.id.desc()).limit(limit).offset(offset)
+    if dead is not None:
+        stmt = stmt.where(OutboxEvent.dead.is_(dead))
+    if pending:
+        stmt = stmt.where(OutboxEvent.published_at.is_(None), OutboxEvent.dead.is_(False))
+    return list(session.scalars(stmt))
+
+
+def event_message(event: OutboxEvent) -> str:
+    """The JSON sent to real-time listeners for a published event."""
+    return json.dumps(
+        {
+            "id": event.id,
+            "aggregate_type": event.aggregate_type,
+            "aggregate_id": event.aggregate_id,
+            "event_type": event.event_type,
+            "payload": event.payload,
+        },
+        separators=(",", ":"),
+    )

@@ -1,0 +1,326 @@
+"""Message routing: accept a message (with its outbox event), send it to its channels
+exactly once, retry transient failures, and dead-letter what cannot be delivered.
+
+Exactly-once effect rests on three checks, cheapest first:
+
+1. Redis ``SET dedup:message:<id> <task id> NX EX 24h``: a second router task for the
+   same message (another task id) stops at once.
+2. ``messages.router_task_id`` set by a conditional UPDATE: the same check in the
+   database, so a flushed Redis cannot let a second router through.
+3. Each channel's ``MessageDelivery`` is claimed ``pending → sending`` by a conditional
+   UPDATE committed *before* the HTTP call. Only the claimer sends. A delivery found in
+   ``sending`` after its lease ran out belonged to a worker that died mid-send: whether
+   the provider got it is unknown, so it is not sent again; it fails with that reason
+   and goes to the dead-letter queue, where an operator can replay it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.models.base import utcnow
+from app.models.messages import CHANNELS, DeadLetter, Message, MessageDelivery, MessageStatusUpdate
+from app.services.channels import OutgoingMessage, PermanentChannelError, TransientChannelError
+from app.services.outbox import add_event
+
+logger = logging.getLogger(__name__)
+
+ROUTE_TASK = "app.tasks.messages.route"
+STATUS_CHANNEL = "messages.status"
+TERMINAL = ("delivered", "failed")
+
+
+class MessageConflict(Exception):
+    """The id is taken by a different message."""
+
+
+class NotReplayable(Exception):
+    """The dead letter was already replayed, or its message is gone."""
+
+
+class Channel(Protocol):
+    name: str
+
+    def send(self, message: OutgoingMessage) -> str: ...
+
+
+class DedupStore(Protocol):
+    def set(self, name: str, value: str, ex: int | None = None, nx: bool = False) -> Any: ...
+    def get(self, name: str) -> Any: ...
+    def delete(self, *names: str) -> Any: ...
+
+
+def dedup_key(message_id: str) -> str:
+    return f"dedup:message:{message_id}"
+
+
+# --- accepting -------------------------------------------------------------------------
+def submit_message(
+    session: Session,
+    *,
+    message_id: str,
+    conversation_id: str,
+    channel: str,
+    recipient: str,
+    content: str,
+) -> tuple[Message, bool]:
+    """Add the message, its deliveries and its outbox event in the caller's transaction.
+
+    The id is the idempotency key: the same message again returns the stored one
+    (``created`` False) and adds nothing; a different message under the same id raises.
+    """
+    existing = session.get(Message, message_id)
+    if existing is not None:
+        same = (existing.conversation_id, existing.channel, existing.recipient, existing.content) == (
+            conversation_id, channel, recipient, content,
+        )
+        if not same:
+            raise MessageConflict(f"message id {message_id!r} is already used by a different message")
+        return existing, False
+    message = Message(
+        id=message_id, conversation_id=conversation_id, channel=channel, recipient=recipient, content=content
+    )
+    session.add(message)
+    targets = CHANNELS if channel == "all" else (channel,)
+    for name in targets:
+        session.add(MessageDelivery(message=message, channel=name))
+    session.add(MessageStatusUpdate(message_id=message_id, status="queued", detail="accepted"))
+    add_event(
+        session,
+        aggregate_type="message",
+        aggregate_id=message_id,
+        event_type="message.submitted",
+        task_name=ROUTE_TASK,
+        payload={"message_id": message_id},
+    )
+    session.flush()
+    return message, True
+
+
+# --- routing ----------------------------------------------------------------------------
+@dataclass
+class RouteOutcome:
+    result: str  # done | duplicate | missing | pending
+    status: str | None = None
+    retry_in: float | None = None
+
+
+@dataclass
+class RouteDeps:
+    """What the router needs, handed in by the task."""
+
+    scope: Callable[[], AbstractContextManager[Session]]
+    channels: dict[str, Channel]
+    dedup: DedupStore | None
+    notify: Callable[[str, str, str | None], None]
+    backoff: Callable[[int], float]
+    max_retries: int
+    lease_seconds: float
+    dedup_ttl: int
+
+
+def _claim_router(session: Session, deps: RouteDeps, message_id: str, task_id: str) -> bool:
+    if deps.dedup is not None:
+        try:
+            if not deps.dedup.set(dedup_key(message_id), task_id, ex=deps.dedup_ttl, nx=True):
+                owner = deps.dedup.get(dedup_key(message_id))
+                owner = owner.decode() if isinstance(owner, bytes) else owner
+                if owner is not None and owner != task_id:
+                    return False
+        except Exception:  # Redis down: the database check below still holds
+            logger.warning("dedup store unavailable; relying on the database check", exc_info=True)
+    claimed = session.execute(
+        update(Message)
+        .where(Message.id == message_id)
+        .where((Message.router_task_id.is_(None)) | (Message.router_task_id == task_id))
+        .values(router_task_id=task_id),
+        execution_options={"synchronize_session": False},
+    ).rowcount
+    return claimed == 1
+
+
+def _dead_letter(session: Session, delivery: MessageDelivery, kind: str, error: str) -> None:
+    session.add(
+        DeadLetter(
+            message_id=delivery.message_id, channel=delivery.channel, error=error[:2000],
+            error_kind=kind, attempts=delivery.attempts,
+        )
+    )
+
+
+def _status(session: Session, deps: RouteDeps, message: Message, status: str, detail: str | None) -> None:
+    session.add(MessageStatusUpdate(message_id=message.id, status=status, detail=detail))
+    if message.status != status:
+        message.status = status
+    deps.notify(message.id, status, detail)
+
+
+def _refresh_message_status(session: Session, deps: RouteDeps, message_id: str) -> str:
+    message = session.get(Message, message_id, populate_existing=True)
+    assert message is not None
+    states = [d.status for d in session.scalars(select(MessageDelivery).where(MessageDelivery.message_id == message_id))]
+    if all(s == "accepted" for s in states):
+        new = "delivered"
+    elif any(s == "failed" for s in states) and not any(s in ("pending", "sending") for s in states):
+        new = "failed"
+    elif any(s == "accepted" for s in states):
+        new = "sent"
+    else:
+        new = message.status
+    if new != message.status:
+        errors = [d.last_error for d in message.deliveries if d.status == "failed" and d.last_error]
+        message.last_error = errors[0] if new == "failed" and errors else message.last_error
+        _status(session, deps, message, new, "; ".join(errors) if new == "failed" else None)
+    return new
+
+
+def route_message(deps: RouteDeps, message_id: str, task_id: str) -> RouteOutcome:
+    """Send every unsent channel of the message once; say when to come back if needed."""
+    with deps.scope() as session:
+        message = session.get(Message, message_id)
+        if message is None:
+            return RouteOutcome("missing")
+        if not _claim_router(session, deps, message_id, task_id):
+            logger.info("duplicate router task skipped", extra={"message_id": message_id, "task": task_id})
+            return RouteOutcome("duplicate", message.status)
+        deliveries = [(d.id, d.channel, d.status, d.attempts, d.lease_until) for d in message.deliveries]
+        outgoing = OutgoingMessage(message.id, message.recipient, message.content)
+
+    retry_in: float | None = None
+    for delivery_id, channel, status, attempts, lease_until in deliveries:
+        now = utcnow()
+        if status in ("accepted", "failed"):
+            continue
+        if status == "sending":
+            if lease_until is not None and lease_until > now:
+                wait = max(1.0, (lease_until - now).total_seconds())
+                retry_in = wait if retry_in is None else min(retry_in, wait)
+                continue
+            with deps.scope() as session:
+                lost = session.execute(
+                    update(MessageDelivery)
+                    .where(MessageDelivery.id == delivery_id, MessageDelivery.status == "sending",
+                           MessageDelivery.attempts == attempts)
+                    .values(status="failed", lease_until=None,
+                            last_error="worker lost during the send: outcome unknown, not resent"),
+                    execution_options={"synchronize_session": False},
+                ).rowcount
+                if lost:
+                    d = session.get(MessageDelivery, delivery_id, populate_existing=True)
+                    assert d is not None
+                    _dead_letter(session, d, "unknown_outcome", d.last_error or "")
+            continue
+
+        # pending: claim it, commit, then send
+        with deps.scope() as session:
+            claimed = session.execute(
+                update(MessageDelivery)
+                .where(MessageDelivery.id == delivery_id, MessageDelivery.status == "pending",
+                       MessageDelivery.attempts == attempts)
+                .values(status="sending", attempts=attempts + 1,
+                        lease_until=now + timedelta(seconds=deps.lease_seconds)),
+                execution_options={"synchronize_session": False},
+            ).rowcount
+        if not claimed:
+            continue
+        attempt = attempts + 1
+        try:
+            provider_id = deps.channels[channel].send(outgoing)
+        except TransientChannelError as exc:
+            with deps.scope() as session:
+                d = session.get(MessageDelivery, delivery_id)
+                assert d is not None
+                d.last_error = str(exc)[:2000]
+                d.lease_until = None
+                message = session.get(Message, message_id)
+                assert message is not None
+                if attempt > deps.max_retries:
+                    d.status = "failed"
+                    _dead_letter(session, d, "exhausted", f"{channel}: {exc} (after {attempt} attempts)")
+                else:
+                    d.status = "pending"
+                    wait = exc.retry_after if exc.retry_after is not None else deps.backoff(attempt)
+                    retry_in = wait if retry_in is None else min(retry_in, wait)
+                    session.add(MessageStatusUpdate(
+                        message_id=message_id, status=message.status,
+                        detail=f"{channel}: {exc}; retry {attempt} in {wait:.1f}s",
+                    ))
+        except PermanentChannelError as exc:
+            with deps.scope() as session:
+                d = session.get(MessageDelivery, delivery_id)
+                assert d is not None
+                d.status, d.lease_until, d.last_error = "failed", None, f"{channel}: {exc}"[:2000]
+                _dead_letter(session, d, "permanent", d.last_error)
+        else:
+            with deps.scope() as session:
+                d = session.get(MessageDelivery, delivery_id)
+                assert d is not None
+                d.status, d.lease_until, d.provider_message_id, d.last_error = "accepted", None, provider_id, None
+                message = session.get(Message, message_id)
+                assert message is not None
+                session.add(MessageStatusUpdate(
+                    message_id=message_id, status="sent", detail=f"{channel} accepted", data={"provider_message_id": provider_id},
+                ))
+
+    with deps.scope() as session:
+        final = _refresh_message_status(session, deps, message_id)
+        message = session.get(Message, message_id)
+        assert message is not None
+        message.attempts = sum(d.attempts for d in message.deliveries)
+    if final in TERMINAL:
+        return RouteOutcome("done", final)
+    return RouteOutcome("pending", final, retry_in if retry_in is not None else deps.backoff(1))
+
+
+# --- dead-letter queue ----------------------------------------------------------------------
+def list_dead_letters(
+    session: Session, *, channel: str | None = None, error: str | None = None,
+    replayed: bool | None = None, limit: int = 50, offset: int = 0,
+) -> tuple[list[DeadLetter], int]:
+    stmt = select(DeadLetter)
+    if channel:
+        stmt = stmt.where(DeadLetter.channel == channel)
+    if error:
+        stmt = stmt.where((DeadLetter.error_kind == error) | DeadLetter.error.contains(error))
+    if replayed is not None:
+        stmt = stmt.where(DeadLetter.replayed_at.is_not(None) if replayed else DeadLetter.replayed_at.is_(None))
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = list(session.scalars(stmt.order_by(DeadLetter.id.desc()).limit(limit).offset(offset)))
+    return rows, total
+
+
+def replay_dead_letter(session: Session, dead_letter_id: int) -> DeadLetter:
+    """Re-enqueue a dead letter's channel through the outbox; dedup is reset for that message only.
+
+    The Redis dedup key is deleted by the caller *after* commit (``dedup_key``) so that a
+    rollback cannot leave the message unguarded.
+    """
+    dl = session.get(DeadLetter, dead_letter_id, with_for_update=True)
+    if dl is None:
+        raise LookupError(f"dead letter {dead_letter_id} does not exist")
+    if dl.replayed_at is not None:
+        raise NotReplayable(f"dead letter {dead_letter_id} was already replayed at {dl.replayed_at.isoformat()}")
+    message = session.get(Message, dl.message_id)
+    if message is None:
+        raise NotReplayable(f"message {dl.message_id} no longer exists")
+    dl.replayed_at = utcnow()
+    delivery = session.scalars(
+        select(MessageDelivery).where(MessageDelivery.message_id == message.id, MessageDelivery.channel == dl.channel)
+    ).one()
+    delivery.status, delivery.attempts, delivery.lease_until = "pending", 0, None
+    message.router_task_id = None
+    message.status = "queued"
+    session.add(MessageStatusUpdate(message_id=message.id, status="queued", detail=f"replayed from dead letter {dl.id}"))
+    add_event(
+        session, aggregate_type="message", aggregate_id=message.id, event_type="message.replayed",
+        task_name=ROUTE_TASK, payload={"message_id": message.id},
+    )
+    return dl
