@@ -44,7 +44,7 @@ os.environ.update(
     }
 )
 
-pytest_plugins = ["tests.fixtures.services", "tests.fixtures.workers", "tests.fixtures.s3"]
+pytest_plugins = ["tests.fixtures.services", "tests.fixtures.workers", "tests.fixtures.s3", "tests.fixtures.channels", "tests.fixtures.api"]
 
 
 def need(ok: bool, what: str) -> None:

@@ -23,6 +23,7 @@ class Message(Base):
     recipient: Mapped[str] = mapped_column(String(128))
     content: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     # The router task that owns this message: the database half of the dedup check,
     # so a flushed Redis cannot let a second router send it.

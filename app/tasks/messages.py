@@ -60,7 +60,7 @@ def _backoff(attempt: int) -> float:
     return ceiling * random.uniform(0.5, 1.0)  # jitter spreads retries of a burst
 
 
-@celery_app.task(bind=True, name="app.tasks.messages.route", max_retries=None, ignore_result=True)
+@celery_app.task(bind=True, name="app.tasks.messages.route", max_retries=None)
 def route(self, message_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Send a message to its channels once; retries are counted per delivery in the database."""
     settings = get_settings()
