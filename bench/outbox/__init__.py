@@ -1,0 +1,1 @@
+"""Outbox benchmark (``python -m bench.outbox``)."""
