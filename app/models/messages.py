@@ -32,10 +32,11 @@ class Message(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     deliveries: Mapped[list[MessageDelivery]] = relationship(
-        back_populates="message", order_by="MessageDelivery.channel", lazy="selectin"
+        back_populates="message", order_by="MessageDelivery.channel", lazy="selectin",
+        cascade="all, delete-orphan", passive_deletes=True,
     )
     history: Mapped[list[MessageStatusUpdate]] = relationship(
-        order_by="MessageStatusUpdate.id", lazy="selectin"
+        order_by="MessageStatusUpdate.id", lazy="selectin", cascade="all, delete-orphan", passive_deletes=True,
     )
 
     @property
