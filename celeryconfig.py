@@ -77,6 +77,11 @@ beat_schedule: dict[str, dict] = {
         "schedule": _settings.outbox_relay_interval,
         "options": {"expires": _settings.outbox_relay_interval},
     },
+    # (files / gc entries go here)
+    # (ocr entries go here)
+    # (scans entries go here)
+    # (voice entries go here)
+    # (schedules entries go here)
 }
 timezone = "UTC"
 enable_utc = True

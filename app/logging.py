@@ -57,6 +57,6 @@ def configure_logging(level: str | None = None, json_lines: bool | None = None) 
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("botocore", "urllib3", "boto3", "s3transfer"):
+    for noisy in ("botocore", "urllib3", "boto3", "s3transfer", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     _configured = True

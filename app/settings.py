@@ -156,6 +156,21 @@ class Settings(BaseSettings):
     message_dedup_ttl: int = Field(86400, ge=60, description="Seconds a message id stays in the Redis dedup set.")
     dev_channels_port: int = Field(9100, ge=1, le=65535, description="Port of the development channel server (`dev`).")
 
+    # --- files -------------------------------------------------------------
+    # (files settings go here)
+
+    # --- ocr ---------------------------------------------------------------
+    # (ocr settings go here)
+
+    # --- scans -------------------------------------------------------------
+    # (scans settings go here)
+
+    # --- voice -------------------------------------------------------------
+    # (voice settings go here)
+
+    # --- schedules ---------------------------------------------------------
+    # (schedules settings go here)
+
     # --- health / logging --------------------------------------------------
     health_timeout: float = Field(2.0, gt=0, description="Seconds each /health dependency check may take.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from flask import Flask, jsonify
 
 from app.api.errors import register_error_handlers
 from app.api.spec import openapi_document, spec
 from app.settings import Settings, get_settings, set_settings
+
+
+#: One blueprint module per family, each exposing ``bp``.
+BLUEPRINTS = ("health", "admin", "storage", "messages", "dlq", "uploads", "scans", "voice", "files", "schedules")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -27,14 +33,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     register_error_handlers(app)
 
-    from app.api.admin import bp as admin_bp
-    from app.api.dlq import bp as dlq_bp
-    from app.api.health import bp as health_bp
-    from app.api.messages import bp as messages_bp
-    from app.api.storage import bp as storage_bp
-
-    for bp in (health_bp, admin_bp, storage_bp, messages_bp, dlq_bp):
-        app.register_blueprint(bp)
+    for name in BLUEPRINTS:
+        app.register_blueprint(import_module(f"app.api.{name}").bp)
 
     spec.register(app)
 

@@ -1,0 +1,3 @@
+"""Chunked file uploads: models (filled in by the family's issue)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Voice scoring: models (filled in by the family's issue)."""
+
+from __future__ import annotations
