@@ -107,7 +107,8 @@ class DevStack:
         py = sys.executable
         VAR.mkdir(parents=True, exist_ok=True)
         self.children = [
-            Child("api", [py, "-m", "gunicorn", "-b", f"{s.api_host}:{s.api_port}", "-w", "2",
+            Child("api", [py, "-m", "gunicorn", "-c", "python:app.api.gunicorn_conf",
+                          "-b", f"{s.api_host}:{s.api_port}", "-w", "2",
                           "--timeout", "60", "--graceful-timeout", "10", "app.api.wsgi:application"]),
             Child("worker", [py, "-m", "celery", "-A", "app", "worker", "-Q", ",".join(QUEUES),
                              "-n", "dev@%h", "-c", str(s.worker_concurrency), "--loglevel", s.log_level]),
