@@ -7,6 +7,7 @@ start-up), instead of silently creating a queue nobody consumes.
 
 from __future__ import annotations
 
+from celery.schedules import crontab
 from kombu import Exchange, Queue
 
 from app.settings import QUEUES, get_settings
@@ -77,7 +78,12 @@ beat_schedule: dict[str, dict] = {
         "schedule": _settings.outbox_relay_interval,
         "options": {"expires": _settings.outbox_relay_interval},
     },
-    # (files / gc entries go here)
+    # Abandoned chunked uploads, daily at 02:00 UTC; a run missed by 12 h is dropped.
+    "upload-gc": {
+        "task": "app.tasks.gc.collect_uploads",
+        "schedule": crontab(hour=2, minute=0),
+        "options": {"expires": 12 * 3600},
+    },
     # (ocr entries go here)
     # (scans entries go here)
     # (voice entries go here)

@@ -157,10 +157,98 @@ class Settings(BaseSettings):
     dev_channels_port: int = Field(9100, ge=1, le=65535, description="Port of the development channel server (`dev`).")
 
     # --- files -------------------------------------------------------------
-    # (files settings go here)
+    files_max_size: int = Field(
+        5 * 1024**3, ge=1, description="Largest file `POST /api/files` accepts, bytes; a larger one is refused with 413."
+    )
+    files_chunk_size: int = Field(
+        5 * 1024**2,
+        ge=5 * 1024**2,
+        description="Chunk size given to an upload that asks for none, bytes; at least 5 MiB, S3's smallest "
+        "multipart part, so chunks can be merged server-side.",
+    )
+    files_max_chunk_size: int = Field(
+        32 * 1024**2,
+        ge=5 * 1024**2,
+        description="Largest chunk size an upload may ask for, bytes (also bounded by MAX_REQUEST_BYTES, "
+        "since chunks can be sent through the API).",
+    )
+    files_merge_lease_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="How long a merge holds its claim on a file without renewing it (it renews after each "
+        "part); a redelivered merge waits this long for the claim of a worker that died.",
+    )
+    files_merge_max_retries: int = Field(
+        5, ge=0, le=50, description="Retries of a merge after a transient storage error, before the file is FAILED."
+    )
+    files_merge_retry_backoff: float = Field(
+        2.0, gt=0, description="Base of the exponential backoff between merge retries, seconds (with jitter)."
+    )
+    files_retention_hours: float = Field(
+        24.0,
+        gt=0,
+        description="An upload with no activity for this long is abandoned: the garbage collector deletes its "
+        "chunks and marks it FAILED; incomplete S3 multipart uploads this old are aborted.",
+    )
+    files_gc_batch_size: int = Field(
+        100, ge=1, le=10000, description="Uploads the garbage collector handles per database transaction."
+    )
 
     # --- ocr ---------------------------------------------------------------
-    # (ocr settings go here)
+    enable_ocr: bool = Field(
+        True, description="Serve the OCR upload endpoints (`/api/uploads`); false answers them with 503 `ocr_disabled`."
+    )
+    ocr_max_file_bytes: int = Field(
+        20 * 1024 * 1024, ge=1,
+        description="Largest upload accepted for OCR, bytes; a larger one is refused with 413 (keep it under MAX_REQUEST_BYTES).",
+    )
+    ocr_allowed_types: str = Field(
+        "image/png,image/jpeg,image/tiff,image/webp,application/pdf",
+        description="Comma-separated content types accepted for OCR, as detected from the bytes (a subset of the default).",
+    )
+    ocr_max_pdf_pages: int = Field(20, ge=1, le=1000, description="Most pages a PDF may have; more fails the upload.")
+    ocr_max_image_pixels: int = Field(
+        40_000_000, ge=10_000,
+        description="Most pixels an image (or a PDF page rendered at OCR_DPI) may have: the decompression-bomb guard.",
+    )
+    ocr_dpi: int = Field(300, ge=72, le=600, description="Resolution PDF pages are rendered at for Tesseract.")
+    ocr_language: str = Field(
+        "eng", pattern=r"^[A-Za-z_]+(\+[A-Za-z_]+)*$", description="Tesseract language(s), e.g. `eng` or `eng+deu`."
+    )
+    ocr_page_timeout: float = Field(
+        60.0, gt=0, le=600, description="Seconds one page may take to render (pdftoppm) and to OCR (tesseract) each."
+    )
+    ocr_task_time_limit: int = Field(
+        900, ge=60,
+        description="Hard time limit of one OCR task, seconds (the soft limit, 30 s earlier, fails the upload cleanly); "
+        "must be below BROKER_VISIBILITY_TIMEOUT.",
+    )
+    ocr_omp_thread_limit: int = Field(
+        1, ge=1, le=64,
+        description="OMP_THREAD_LIMIT for Tesseract in OCR workers; 1 is about 5x faster per page on a busy machine.",
+    )
+    ocr_tmp_dir: str = Field(
+        "", description="Directory for the OCR worker's private per-upload temp dirs. Empty: <system temp>/app-ocr."
+    )
+
+    @field_validator("ocr_allowed_types")
+    @classmethod
+    def _check_ocr_types(cls, value: str) -> str:
+        supported = {"image/png", "image/jpeg", "image/tiff", "image/webp", "application/pdf"}
+        types = [t.strip().lower() for t in value.split(",") if t.strip()]
+        unknown = sorted(set(types) - supported)
+        if not types or unknown:
+            raise ValueError(f"must list some of {', '.join(sorted(supported))}; unknown: {', '.join(unknown) or '(none)'}")
+        return ",".join(types)
+
+    @field_validator("ocr_task_time_limit")
+    @classmethod
+    def _check_ocr_time_limit(cls, value: int, info) -> int:  # type: ignore[no-untyped-def]
+        visibility = info.data.get("broker_visibility_timeout")
+        if visibility is not None and value >= visibility:
+            raise ValueError("must be below BROKER_VISIBILITY_TIMEOUT, or a running OCR task would be delivered twice")
+        return value
 
     # --- scans -------------------------------------------------------------
     # (scans settings go here)

@@ -1,7 +1,246 @@
-"""Chunked file uploads: API blueprint."""
+"""Chunked file uploads API: create an upload, send chunks, complete, poll and download.
+
+``POST /api/files`` fixes the chunk plan; ``PUT /api/files/<id>/chunks/<n>`` takes a
+chunk's raw bytes (or, on S3, the client PUTs to the presigned URL it was given);
+``POST /api/files/<id>/complete`` writes ``MERGING`` and the merge's outbox event in one
+transaction, then nudges the relay; ``GET /api/files/<id>`` reports progress and, once
+``COMPLETED``, a presigned download URL. A file is visible only to the key that made it.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from datetime import datetime
+
+from flask import Blueprint, current_app, g, request, url_for
+from pydantic import BaseModel, Field
+from spectree import Response
+
+from app.api.auth import require_api_key
+from app.api.errors import ApiError, ErrorResponse
+from app.api.nudge import nudge_relay
+from app.api.spec import BEARER, spec
+from app.db import session_scope
+from app.models.files import COMPLETED, File
+from app.services.files import (
+    FileError,
+    FileLimits,
+    complete_upload,
+    create_upload,
+    download_url,
+    expected_chunk_size,
+    get_file,
+    received_chunks,
+    receive_chunk,
+    upload_url,
+)
+from app.storage import get_storage
 
 bp = Blueprint("files", __name__)
+
+CHECKSUM_HEADER = "X-Chunk-SHA256"
+
+
+class FileCreate(BaseModel):
+    filename: str = Field(min_length=1, max_length=1024, description="Name to download the file as; sanitized.")
+    size: int = Field(ge=1, description="Exact size of the whole file in bytes; at most FILES_MAX_SIZE (else 413).")
+    content_type: str | None = Field(
+        None, max_length=255, description="MIME type of the file. Omitted: guessed from the filename."
+    )
+    chunk_size: int | None = Field(
+        None, description="Bytes per chunk (every chunk but the last), 5 MiB to FILES_MAX_CHUNK_SIZE. "
+        "Omitted: FILES_CHUNK_SIZE."
+    )
+
+
+class ChunkTarget(BaseModel):
+    index: int
+    offset: int = Field(description="Where the chunk starts in the file.")
+    size: int = Field(description="Exact length the chunk must have.")
+    method: str = "PUT"
+    url: str = Field(description="Where to PUT the bytes: a presigned S3 URL (no Authorization header), "
+                     "or the API path (with the bearer key).")
+    api_path: str = Field(description="The API path for this chunk; works with every backend.")
+
+
+class FileCreated(BaseModel):
+    id: str
+    filename: str
+    content_type: str
+    size: int
+    chunk_size: int
+    total_chunks: int
+    status: str
+    status_url: str
+    complete_url: str
+    chunks: list[ChunkTarget]
+
+
+class ChunkStored(BaseModel):
+    file_id: str
+    index: int
+    size: int
+    md5: str
+    sha256: str
+    chunks_received: int
+
+
+class FileAccepted(BaseModel):
+    id: str
+    status: str
+    status_url: str
+    enqueued: bool = Field(description="False when the file was already merging or merged: nothing new queued.")
+
+
+class FileOut(BaseModel):
+    id: str
+    filename: str
+    content_type: str
+    size: int
+    chunk_size: int
+    total_chunks: int
+    status: str
+    chunks_received: int
+    missing_chunks: list[int]
+    failure_reason: str | None
+    final_size: int | None
+    checksum: str | None = Field(description="S3-style ETag: MD5 of the part MD5s and the part count.")
+    sha256: str | None = Field(description="SHA-256 of the whole file when the merge computed it (local backend).")
+    merge_attempts: int
+    merge_parts_done: int
+    merge_bytes_received: int | None = Field(
+        description="Bytes the merging worker received from S3 (responses, headers included); chunk bytes never do."
+    )
+    download_url: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+def _storage():  # type: ignore[no-untyped-def]
+    return get_storage(current_app.config["SETTINGS"])
+
+
+def _api_error(exc: FileError) -> ApiError:
+    return ApiError(exc.status, exc.code, exc.message, exc.details)
+
+
+def _chunk_path(file_id: str, index: int) -> str:
+    return url_for("files.put_chunk", file_id=file_id, index=index)
+
+
+def file_out(session, storage, file: File) -> dict:  # type: ignore[no-untyped-def]
+    """The status document of a file."""
+    received = received_chunks(session, storage, file)
+    have = set(received)
+    missing = [] if file.status == COMPLETED else [i for i in range(file.total_chunks) if i not in have]
+    return FileOut(
+        id=file.id, filename=file.filename, content_type=file.content_type, size=file.size,
+        chunk_size=file.chunk_size, total_chunks=file.total_chunks, status=file.status,
+        chunks_received=len(received), missing_chunks=missing, failure_reason=file.failure_reason,
+        final_size=file.final_size, checksum=file.checksum, sha256=file.sha256,
+        merge_attempts=file.merge_attempts, merge_parts_done=file.merge_parts_done,
+        merge_bytes_received=file.merge_bytes_received, download_url=download_url(storage, file),
+        created_at=file.created_at, updated_at=file.updated_at, completed_at=file.completed_at,
+    ).model_dump(mode="json")
+
+
+
+@bp.post("/api/files")
+@spec.validate(
+    json=FileCreate,
+    resp=Response(HTTP_201=FileCreated, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_413=ErrorResponse),
+    tags=["files"], security=BEARER,
+)
+@require_api_key
+def create(json: FileCreate):  # type: ignore[no-untyped-def]
+    """Start a chunked upload: the answer says how to cut the file and where each chunk goes."""
+    settings = current_app.config["SETTINGS"]
+    storage = _storage()
+    try:
+        with session_scope() as session:
+            file = create_upload(
+                session, filename=json.filename, size=json.size, content_type=json.content_type,
+                chunk_size=json.chunk_size, limits=FileLimits.from_settings(settings), api_key_id=g.api_key_id,
+            )
+            chunks = []
+            for index in range(file.total_chunks):
+                path = _chunk_path(file.id, index)
+                chunks.append({
+                    "index": index, "offset": index * file.chunk_size, "size": expected_chunk_size(file, index),
+                    "method": "PUT", "url": upload_url(storage, file, index, path), "api_path": path,
+                })
+            body = {
+                "id": file.id, "filename": file.filename, "content_type": file.content_type, "size": file.size,
+                "chunk_size": file.chunk_size, "total_chunks": file.total_chunks, "status": file.status,
+                "status_url": url_for("files.get_status", file_id=file.id),
+                "complete_url": url_for("files.complete", file_id=file.id),
+                "chunks": chunks,
+            }
+    except FileError as exc:
+        raise _api_error(exc) from None
+    return body, 201
+
+
+@bp.put("/api/files/<file_id>/chunks/<int(signed=True):index>")
+@spec.validate(
+    resp=Response(HTTP_200=ChunkStored, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse,
+                  HTTP_409=ErrorResponse, HTTP_413=ErrorResponse, HTTP_503=ErrorResponse),
+    tags=["files"], security=BEARER,
+    path_parameter_descriptions={"file_id": "The upload's id.", "index": "Chunk number, from 0."},
+)
+@require_api_key
+def put_chunk(file_id: str, index: int):  # type: ignore[no-untyped-def]
+    """Store one chunk (the raw request body); sending a chunk again replaces it.
+
+    The body must be exactly the chunk's size (400 `wrong_chunk_size`); an optional
+    `X-Chunk-SHA256` header (hex) is checked against the body (400 `checksum_mismatch`).
+    """
+    try:
+        receipt = receive_chunk(
+            session_scope, _storage(), file_id=file_id, index=index, stream=request.stream,
+            content_length=request.content_length, sha256_hex=request.headers.get(CHECKSUM_HEADER),
+            api_key_id=g.api_key_id,
+        )
+    except FileError as exc:
+        raise _api_error(exc) from None
+    return {
+        "file_id": receipt.file_id, "index": receipt.index, "size": receipt.size, "md5": receipt.checksum,
+        "sha256": receipt.sha256, "chunks_received": receipt.chunks_received,
+    }, 200
+
+
+@bp.post("/api/files/<file_id>/complete")
+@spec.validate(
+    resp=Response(HTTP_202=FileAccepted, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse, HTTP_409=ErrorResponse,
+                  HTTP_503=ErrorResponse),
+    tags=["files"], security=BEARER, path_parameter_descriptions={"file_id": "The upload's id."},
+)
+@require_api_key
+def complete(file_id: str):  # type: ignore[no-untyped-def]
+    """Every chunk is sent: merge them (asynchronously). 409 `chunks_missing` lists what is not there."""
+    try:
+        with session_scope() as session:
+            file, enqueued = complete_upload(session, _storage(), file_id, g.api_key_id)
+            status = file.status
+    except FileError as exc:
+        raise _api_error(exc) from None
+    if enqueued:
+        nudge_relay()
+    return {"id": file_id, "status": status, "enqueued": enqueued,
+            "status_url": url_for("files.get_status", file_id=file_id)}, 202
+
+
+@bp.get("/api/files/<file_id>")
+@spec.validate(
+    resp=Response(HTTP_200=FileOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse, HTTP_503=ErrorResponse),
+    tags=["files"], security=BEARER, path_parameter_descriptions={"file_id": "The upload's id."},
+)
+@require_api_key
+def get_status(file_id: str):  # type: ignore[no-untyped-def]
+    """Status, chunks received, and a presigned download URL once `COMPLETED`."""
+    storage = _storage()
+    try:
+        with session_scope() as session:
+            return file_out(session, storage, get_file(session, file_id, g.api_key_id))
+    except FileError as exc:
+        raise _api_error(exc) from None

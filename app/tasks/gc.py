@@ -1,14 +1,57 @@
-"""Tasks of the `gc` queue (routed by module in celeryconfig)."""
+"""Tasks of the ``gc`` queue: the daily collection of abandoned chunked uploads.
+
+Beat sends ``collect_uploads`` at 02:00 UTC. A Redis lock makes it single-runner; a run
+that finds the lock held records a ``skipped`` run and leaves. Counts go to the
+``upload-gc`` job's last-run record and to the ``uploads_cleaned_total`` metric.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from app.celery_app import celery_app
+from app.db import session_scope
+from app.locks import named_lock
+from app.metrics import UPLOADS_CLEANED
+from app.models.base import utcnow
+from app.services.gc import collect_abandoned_uploads
+from app.services.jobs import job_run, record_skip
+from app.settings import get_settings
+from app.storage import get_storage
 from app.tasks.base import ping_payload
+
+JOB = "upload-gc"
+LOCK_TTL = 300.0  # renewed after every batch
 
 
 @celery_app.task(bind=True, name="app.tasks.gc.ping")
 def ping(self) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Probe: answers with the queue and worker that consumed it."""
     return ping_payload(self)
+
+
+@celery_app.task(bind=True, name="app.tasks.gc.collect_uploads")
+def collect_uploads(self, now: str | None = None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Collect abandoned uploads; ``now`` (ISO 8601) moves the clock, for operators and tests."""
+    settings = get_settings()
+    at = datetime.fromisoformat(now) if now else utcnow()
+    if at.tzinfo is None:
+        raise ValueError("now must carry a UTC offset")
+    with named_lock(JOB, ttl=LOCK_TTL) as lock:
+        if not lock.acquired:
+            with session_scope() as session:
+                record_skip(session, JOB, "another upload-gc run holds the lock")
+            return {"skipped": True}
+        with job_run(session_scope, JOB) as run:
+            result = collect_abandoned_uploads(
+                session_scope,
+                get_storage(settings),
+                now=at,
+                retention=timedelta(hours=settings.files_retention_hours),
+                batch_size=settings.files_gc_batch_size,
+                on_batch=lambda: lock.extend(LOCK_TTL),
+            )
+            run.counts.update(result.as_dict())
+    UPLOADS_CLEANED.inc(result.uploads_cleaned)
+    return {"skipped": False, **result.as_dict()}

@@ -1,0 +1,1 @@
+"""Benchmark of the chunked-file merge: server-side UploadPartCopy against download + re-upload."""
