@@ -220,7 +220,7 @@ class Settings(BaseSettings):
         60.0, gt=0, le=600, description="Seconds one page may take to render (pdftoppm) and to OCR (tesseract) each."
     )
     ocr_task_time_limit: int = Field(
-        900, ge=60,
+        600, ge=60,
         description="Hard time limit of one OCR task, seconds (the soft limit, 30 s earlier, fails the upload cleanly); "
         "must be below BROKER_VISIBILITY_TIMEOUT.",
     )
@@ -251,7 +251,58 @@ class Settings(BaseSettings):
         return value
 
     # --- scans -------------------------------------------------------------
-    # (scans settings go here)
+    enable_scans: bool = Field(
+        True, description="Serve the URL scan endpoints (`/api/scans`); false answers them with 503 `scans_disabled` "
+        "and makes the `docker` health check optional.",
+    )
+    docker_url: str = Field(
+        "", description="Docker Engine API address (`unix:///var/run/docker.sock`, `tcp://...`). Empty: DOCKER_HOST "
+        "or the local socket.",
+    )
+    docker_timeout: float = Field(10.0, gt=0, le=120, description="Timeout of every Docker API call, seconds.")
+    scan_fetcher_image: str = Field(
+        "", description="Image a scan runs in. Empty: `app-fetcher:<hash of fetcher/>`, the tag scripts/build-fetcher "
+        "builds.",
+    )
+    scan_network: str = Field(
+        "bridge", description="Docker network the fetcher container joins (`none` for no network at all).",
+    )
+    scan_allow_cidrs: str = Field(
+        "", description="Comma-separated networks the fetcher may reach although they are not public (e.g. an "
+        "intranet, or the tests' internal network). Empty: public addresses only.",
+    )
+    scan_timeout: float = Field(
+        30.0, gt=0, le=600, description="Seconds a fetcher container may run; then it is killed and the scan is TIMED_OUT.",
+    )
+    scan_fetch_max_time: float = Field(
+        20.0, gt=0, le=600, description="The fetch program's own budget for the whole fetch, seconds (keep it below "
+        "SCAN_TIMEOUT so a slow site ends as TIMED_OUT with what the fetcher saw).",
+    )
+    scan_connect_timeout: float = Field(5.0, gt=0, le=60, description="Seconds one TCP connect of the fetcher may take.")
+    scan_max_bytes: int = Field(
+        5 * 1024 * 1024, ge=1024, description="Most body bytes the fetcher reads; a longer body is marked truncated.",
+    )
+    scan_max_redirects: int = Field(5, ge=0, le=20, description="Most redirects the fetcher follows, each hop checked.")
+    scan_memory_mb: int = Field(
+        512, ge=16, le=65536, description="Memory limit of a fetcher container, MiB (swap limited to the same)."
+    )
+    scan_cpus: float = Field(0.5, gt=0, le=64, description="CPU limit of a fetcher container, in CPUs.")
+    scan_pids_limit: int = Field(64, ge=8, le=4096, description="Most processes/threads in a fetcher container.")
+    scan_tmpfs_mb: int = Field(16, ge=1, le=1024, description="Size of the fetcher container's /tmp (tmpfs), MiB.")
+    scan_stale_seconds: float = Field(
+        300.0, gt=0, description="A scan in FETCHING or ANALYZING untouched this long has lost its worker: the sweep "
+        "puts it back to QUEUED (or FAILED after SCAN_MAX_ATTEMPTS); labelled containers older than this are removed.",
+    )
+    scan_max_attempts: int = Field(3, ge=1, le=20, description="Fetch attempts of one scan before it is FAILED.")
+    scan_sweep_interval: float = Field(60.0, gt=0, le=3600, description="Seconds between recovery sweeps (beat).")
+
+    @field_validator("scan_stale_seconds")
+    @classmethod
+    def _check_scan_stale(cls, value: float, info) -> float:  # type: ignore[no-untyped-def]
+        timeout = info.data.get("scan_timeout")
+        if timeout is not None and value <= timeout + 10:
+            raise ValueError("must exceed SCAN_TIMEOUT by more than 10 s, or the sweep would take live scans")
+        return value
 
     # --- voice -------------------------------------------------------------
     # (voice settings go here)

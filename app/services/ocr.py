@@ -1,0 +1,655 @@
+"""OCR of uploaded scorecards: accept the bytes, validate them, render and OCR page by
+page with Tesseract, report progress, and store the text and the parsed preview.
+
+The API side (``create_upload``, ``start_direct_upload``, ``complete_upload``) writes
+rows and outbox events in the caller's transaction. The worker side
+(``process_upload``) takes an ``OcrDeps`` from the task and never builds its own
+clients:
+
+1. claim the row (``queued``/``processing`` → ``processing``) with a fresh token by a
+   conditional UPDATE; an upload already ``ready`` or ``failed`` is left alone, and one
+   found ``processing`` (its worker died) simply starts over;
+2. in a private temp dir (mode 0700, named after the upload so a dead attempt's dir is
+   removed by the next one): check the stored size, download, detect the type from
+   the bytes, then validate it as an image (pixel count before decoding, a full decode
+   to catch truncation) or as a PDF (pdfinfo: damage, password, page count, page size);
+3. one page at a time: render a PDF page to a file with pdftoppm at ``OCR_DPI``, run
+   Tesseract ``--psm 6 --oem 3`` (``image_to_data``: words, boxes, confidences), delete
+   the page file, and commit ``pages_done`` while the claim is still ours;
+4. parse the words into the preview (``app.services.scorecard``) and set ``ready``;
+   anything wrong with the file sets ``failed`` with a reason a person can act on.
+   The temp dir is removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import statistics
+import tempfile
+import time
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from app.models.base import utcnow
+from app.models.ocr import Upload
+from app.services.outbox import add_event
+from app.services.scorecard import Word, parse_scorecard
+from app.storage import S3Storage, Storage, StorageKeyNotFound
+
+logger = logging.getLogger(__name__)
+
+PROCESS_TASK = "app.tasks.ocr.process"
+#: ``--psm 6``: one uniform block of text, which a scorecard table is; ``--oem 3``: the
+#: default engine (LSTM where the traineddata has it).
+TESSERACT_CONFIG = "--psm 6 --oem 3"
+#: Types Tesseract and Pillow read here, and the names people know them by.
+SUPPORTED_TYPES = {
+    "image/png": "PNG",
+    "image/jpeg": "JPEG",
+    "image/tiff": "TIFF",
+    "image/webp": "WebP",
+    "application/pdf": "PDF",
+}
+PILLOW_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg", "TIFF": "image/tiff",
+                  "WEBP": "image/webp"}
+#: Enough of the file for libmagic to tell these formats apart.
+MAGIC_BYTES = 4096
+
+
+class UploadRejected(Exception):
+    """The file cannot be OCR'd; ``reason`` says why, for the person who uploaded it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UploadStateError(Exception):
+    """The upload is not in a state that allows the request (e.g. completing a failed one)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class LostClaim(Exception):
+    """Another attempt took the upload over; this one must stop without writing."""
+
+
+@dataclass(frozen=True)
+class OcrLimits:
+    """The limits and options that shape one OCR run (from settings)."""
+
+    max_file_bytes: int = 20 * 1024 * 1024
+    allowed_types: tuple[str, ...] = tuple(SUPPORTED_TYPES)
+    max_pdf_pages: int = 20
+    max_image_pixels: int = 40_000_000
+    dpi: int = 300
+    language: str = "eng"
+    page_timeout: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> OcrLimits:
+        return cls(
+            max_file_bytes=settings.ocr_max_file_bytes,
+            allowed_types=tuple(settings.ocr_allowed_types.split(",")),
+            max_pdf_pages=settings.ocr_max_pdf_pages,
+            max_image_pixels=settings.ocr_max_image_pixels,
+            dpi=settings.ocr_dpi,
+            language=settings.ocr_language,
+            page_timeout=settings.ocr_page_timeout,
+        )
+
+    def allowed_names(self) -> str:
+        return ", ".join(SUPPORTED_TYPES[t] for t in self.allowed_types)
+
+
+# --- names, types, sizes ----------------------------------------------------------------------
+
+
+def sanitize_filename(name: str | None) -> str:
+    """The client's file name made safe to store and show: no directories, no control
+    characters, NFC-normalised, at most 255 UTF-8 bytes; ``upload`` when nothing is left."""
+    name = unicodedata.normalize("NFC", name or "")
+    name = re.split(r"[\\/]", name)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    name = re.sub(r"\s+", " ", name).strip().lstrip(".")
+    while len(name.encode("utf-8")) > 255:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[:-1] + dot + ext) if stem and len(ext) < 16 else name[:-1]
+    return name or "upload"
+
+
+def detect_content_type(head: bytes) -> str:
+    """The content type libmagic reads from the first bytes (the name is never trusted)."""
+    import magic
+
+    if not head:
+        return "application/x-empty"
+    return str(magic.from_buffer(head, mime=True))
+
+
+def check_size(size: int, limits: OcrLimits) -> None:
+    """Reject an empty file or one over the size limit."""
+    if size == 0:
+        raise UploadRejected("the file is empty (0 bytes)")
+    if size > limits.max_file_bytes:
+        raise UploadRejected(f"the file is {size:,} bytes, over the limit of {limits.max_file_bytes:,} bytes")
+
+
+def check_type(content_type: str, limits: OcrLimits) -> None:
+    """Reject a type that is not on the allowed list."""
+    if content_type not in limits.allowed_types:
+        raise UploadRejected(
+            f"unsupported file type {content_type} (detected from the content, not the name); "
+            f"allowed: {limits.allowed_names()}"
+        )
+
+
+def storage_key(upload_id: str) -> str:
+    """Deterministic object key of an upload's original bytes."""
+    return f"ocr/uploads/{upload_id}/original"
+
+
+# --- API side ----------------------------------------------------------------------------------
+
+
+def create_upload(session: Session, storage: Storage, *, filename: str | None, stream: IO[bytes],
+                  size: int, limits: OcrLimits) -> Upload:
+    """Store a multipart upload and its row (``uploaded``).
+
+    The bytes are checked at once: an empty file or a type not allowed is recorded as
+    ``failed`` with its reason and not stored, so the client has an id and a status
+    that says what was wrong. The size limit is the caller's (413 before this).
+    """
+    upload_id = uuid.uuid4().hex
+    head = stream.read(MAGIC_BYTES)
+    stream.seek(0)
+    content_type = detect_content_type(head)
+    upload = Upload(id=upload_id, filename=sanitize_filename(filename), content_type=content_type, size=size,
+                    storage_key=storage_key(upload_id), status="uploaded")
+    try:
+        check_size(size, limits)
+        check_type(content_type, limits)
+    except UploadRejected as exc:
+        upload.status, upload.error, upload.finished_at = "failed", exc.reason, utcnow()
+        session.add(upload)
+        session.flush()
+        logger.info("upload rejected", extra={"upload_id": upload_id, "reason": exc.reason})
+        return upload
+    storage.put_stream(upload.storage_key, stream, content_type)
+    session.add(upload)
+    session.flush()
+    return upload
+
+
+def start_direct_upload(session: Session, storage: Storage, *, filename: str | None,
+                        expires_in: int) -> tuple[Upload, str]:
+    """Create a row and a presigned PUT URL the client uploads to (S3 backend only)."""
+    if not isinstance(storage, S3Storage):
+        raise UploadStateError(
+            "direct_upload_unavailable",
+            "direct (presigned) uploads need STORAGE_BACKEND=s3; send the file as multipart/form-data instead",
+        )
+    upload_id = uuid.uuid4().hex
+    upload = Upload(id=upload_id, filename=sanitize_filename(filename), storage_key=storage_key(upload_id),
+                    status="uploaded")
+    session.add(upload)
+    session.flush()
+    url = storage.client.generate_presigned_url(
+        "put_object", Params={"Bucket": storage.bucket, "Key": upload.storage_key}, ExpiresIn=expires_in
+    )
+    return upload, url
+
+
+def complete_upload(session: Session, storage: Storage, upload_id: str, limits: OcrLimits) -> tuple[Upload, bool]:
+    """Queue the upload for OCR (``uploaded`` → ``queued`` plus its outbox event).
+
+    Idempotent: an upload already queued, processing or ready is returned as it is
+    (``queued_now`` False). A failed one raises ``UploadStateError``. For a direct
+    upload the object must be there; its size and type are checked here, since the API
+    never saw the bytes (the worker checks everything again): bad bytes come back as
+    the upload set to ``failed``, for the caller to commit.
+    """
+    upload = session.get(Upload, upload_id, with_for_update=True)
+    if upload is None:
+        raise LookupError(upload_id)
+    if upload.status == "failed":
+        raise UploadStateError("upload_failed", f"upload {upload_id} has failed: {upload.error}")
+    if upload.status != "uploaded":
+        return upload, False
+    if upload.size is None:  # direct upload: look at what arrived
+        try:
+            size = storage.size(upload.storage_key)
+        except StorageKeyNotFound:
+            raise UploadStateError(
+                "upload_missing", f"nothing has been uploaded for {upload_id} yet: PUT the file to its upload_url first"
+            ) from None
+        upload.size = size
+        try:
+            check_size(size, limits)
+            with storage.open(upload.storage_key) as body:
+                upload.content_type = detect_content_type(body.read(MAGIC_BYTES))
+            check_type(upload.content_type, limits)
+        except UploadRejected as exc:
+            # Recorded, not raised: the caller commits the failure and answers 409.
+            upload.status, upload.error, upload.finished_at = "failed", exc.reason, utcnow()
+            session.flush()
+            return upload, False
+    claimed = session.execute(
+        update(Upload).where(Upload.id == upload_id, Upload.status == "uploaded")
+        .values(status="queued", queued_at=utcnow(), updated_at=utcnow()),
+        execution_options={"synchronize_session": False},
+    ).rowcount
+    if claimed:
+        add_event(session, aggregate_type="upload", aggregate_id=upload_id, event_type="upload.completed",
+                  task_name=PROCESS_TASK, payload={"upload_id": upload_id})
+    session.refresh(upload)
+    return upload, bool(claimed)
+
+
+# --- worker side ------------------------------------------------------------------------------
+
+
+@dataclass
+class PageResult:
+    """What Tesseract found on one page."""
+
+    lines: list[list[Word]]
+    text: str
+    mean_confidence: float | None
+    seconds: float
+
+
+@dataclass
+class OcrDeps:
+    """What ``process_upload`` needs, handed in by the task."""
+
+    scope: Callable[[], AbstractContextManager[Session]]
+    storage: Storage
+    limits: OcrLimits
+    tmp_root: Path
+    #: Exceptions the task's own time limit raises inside us (Celery's soft limit).
+    deadline_exceptions: tuple[type[BaseException], ...] = ()
+    deadline_seconds: float | None = None
+    #: Exceptions that are worth a retry (database or storage unreachable): re-raised.
+    transient_exceptions: tuple[type[BaseException], ...] = ()
+    on_page: Callable[[int, int], None] | None = None
+
+
+@dataclass
+class ProcessOutcome:
+    result: str  # ready | failed | already_done | missing | superseded
+    status: str | None = None
+    error: str | None = None
+    pages: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _claim(deps: OcrDeps, upload_id: str) -> tuple[str | None, Upload | None]:
+    token = uuid.uuid4().hex
+    now = utcnow()
+    with deps.scope() as session:
+        claimed = session.execute(
+            update(Upload)
+            .where(Upload.id == upload_id, Upload.status.in_(("queued", "processing")))
+            .values(status="processing", claim_token=token, attempts=Upload.attempts + 1, pages_done=0,
+                    pages_total=None, text=None, page_confidences=None, parsed_preview=None, error=None,
+                    started_at=now, finished_at=None, updated_at=now),
+            execution_options={"synchronize_session": False},
+        ).rowcount
+        upload = session.get(Upload, upload_id)
+        if upload is not None:
+            session.expunge(upload)
+    return (token if claimed else None), upload
+
+
+def _write(deps: OcrDeps, upload_id: str, token: str, **values: Any) -> None:
+    """Update the row only while our claim stands; otherwise stop this attempt."""
+    values.setdefault("updated_at", utcnow())
+    with deps.scope() as session:
+        changed = session.execute(
+            update(Upload).where(Upload.id == upload_id, Upload.claim_token == token, Upload.status == "processing")
+            .values(**values),
+            execution_options={"synchronize_session": False},
+        ).rowcount
+    if not changed:
+        raise LostClaim(upload_id)
+
+
+@contextmanager
+def private_tmpdir(root: Path, upload_id: str) -> Iterator[Path]:
+    """A 0700 temp dir for one attempt, always removed; leftovers of dead attempts at the
+    same upload (a SIGKILLed worker runs no cleanup) are removed first."""
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(f"ocr-{upload_id}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"ocr-{upload_id}-", dir=root))  # mkdtemp makes it 0700
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def process_upload(deps: OcrDeps, upload_id: str) -> ProcessOutcome:
+    """OCR one upload end to end (see the module docstring); idempotent."""
+    token, upload = _claim(deps, upload_id)
+    if upload is None:
+        return ProcessOutcome("missing")
+    if token is None:
+        logger.info("upload not claimable", extra={"upload_id": upload_id, "status": upload.status})
+        return ProcessOutcome("already_done", upload.status)
+    started = time.monotonic()
+    limits = deps.limits
+    try:
+        with private_tmpdir(deps.tmp_root, upload_id) as tmp:
+            pages, timings = _ocr_file(deps, upload_id, token, upload.storage_key, tmp, limits)
+        preview = parse_scorecard([p.lines for p in pages])
+        confidences = [p.mean_confidence for p in pages]
+        _write(deps, upload_id, token, status="ready", parsed_preview=preview,
+               text="\f".join(p.text for p in pages), page_confidences=confidences, pages_done=len(pages),
+               ocr_seconds=round(sum(p.seconds for p in pages), 3), finished_at=utcnow(), claim_token=None)
+        logger.info("upload ready", extra={"upload_id": upload_id, "pages": len(pages),
+                                            "seconds": round(time.monotonic() - started, 3)})
+        return ProcessOutcome("ready", "ready", pages=len(pages), timings=timings)
+    except UploadRejected as exc:
+        return _fail(deps, upload_id, token, exc.reason)
+    except LostClaim:
+        logger.warning("upload taken over by another attempt; stopping", extra={"upload_id": upload_id})
+        return ProcessOutcome("superseded")
+    except deps.transient_exceptions:
+        raise
+    except deps.deadline_exceptions:
+        limit = f" ({deps.deadline_seconds:.0f} s)" if deps.deadline_seconds else ""
+        return _fail(deps, upload_id, token, f"OCR took longer than the task time limit{limit}")
+    except Exception as exc:  # a bug or a tool crash: fail with a reason, keep the traceback in the log
+        logger.exception("OCR failed unexpectedly", extra={"upload_id": upload_id})
+        return _fail(deps, upload_id, token, f"OCR failed unexpectedly ({type(exc).__name__}: {exc})"[:500])
+
+
+def _fail(deps: OcrDeps, upload_id: str, token: str, reason: str) -> ProcessOutcome:
+    try:
+        _write(deps, upload_id, token, status="failed", error=reason, finished_at=utcnow(), claim_token=None)
+    except LostClaim:
+        return ProcessOutcome("superseded")
+    logger.info("upload failed", extra={"upload_id": upload_id, "reason": reason})
+    return ProcessOutcome("failed", "failed", error=reason)
+
+
+def fail_upload(scope: Callable[[], AbstractContextManager[Session]], upload_id: str, reason: str) -> bool:
+    """Mark an unfinished upload failed (the task gave up on retries); False if it had finished."""
+    with scope() as session:
+        return bool(session.execute(
+            update(Upload).where(Upload.id == upload_id, Upload.status.in_(("queued", "processing")))
+            .values(status="failed", error=reason, finished_at=utcnow(), updated_at=utcnow(), claim_token=None),
+            execution_options={"synchronize_session": False},
+        ).rowcount)
+
+
+def _ocr_file(deps: OcrDeps, upload_id: str, token: str, key: str, tmp: Path,
+              limits: OcrLimits) -> tuple[list[PageResult], dict[str, float]]:
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    try:
+        size = deps.storage.size(key)
+    except StorageKeyNotFound:
+        raise UploadRejected("the uploaded file is missing from storage") from None
+    check_size(size, limits)
+    original = tmp / "original"
+    deps.storage.download_to_path(key, original)
+    if original.stat().st_size != size:
+        raise UploadRejected(f"the stored file changed while it was read ({original.stat().st_size} of {size} bytes)")
+    with open(original, "rb") as f:
+        content_type = detect_content_type(f.read(MAGIC_BYTES))
+    check_type(content_type, limits)
+    timings["download"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    if content_type == "application/pdf":
+        count = pdf_page_count(original, limits)
+        page_paths: Callable[[int], Path] = lambda n: render_pdf_page(original, n, tmp, limits)  # noqa: E731
+    else:
+        count, page_paths = image_pages(original, content_type, tmp, limits)
+    timings["validate"] = time.monotonic() - t0
+    _write(deps, upload_id, token, content_type=content_type, size=size, pages_total=count)
+
+    results: list[PageResult] = []
+    render_s = ocr_s = 0.0
+    for number in range(1, count + 1):
+        t0 = time.monotonic()
+        path = page_paths(number)
+        render_s += time.monotonic() - t0
+        try:
+            result = ocr_page(path, number, limits, workdir=tmp)
+        finally:
+            if path != original:
+                path.unlink(missing_ok=True)  # one page on disk at a time
+        ocr_s += result.seconds
+        results.append(result)
+        confidences = [r.mean_confidence for r in results]
+        _write(deps, upload_id, token, pages_done=number, page_confidences=confidences)
+        if deps.on_page is not None:
+            deps.on_page(number, count)
+    timings["render"], timings["ocr"] = render_s, ocr_s
+    return results, timings
+
+
+# --- images ----------------------------------------------------------------------------------
+
+
+def image_pages(path: Path, content_type: str, tmp: Path,
+                limits: OcrLimits) -> tuple[int, Callable[[int], Path]]:
+    """Validate an image file; return its page count and a function giving each page's file.
+
+    The pixel count is checked from the header before anything is decoded (the
+    decompression-bomb guard); then every frame is decoded once, which is what finds a
+    truncated or corrupt file. A plain single-frame image goes to Tesseract as it is;
+    frames of a multi-page TIFF/WebP, images with transparency, 16-bit images and
+    photos with an EXIF rotation are written out as PNG pages first.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
+        raise UploadRejected(
+            f"the image has {pixels}, over the limit of {limits.max_image_pixels:,} (decompression-bomb guard)"
+        ) from None
+    except UnidentifiedImageError:
+        raise UploadRejected(f"the file looks like {SUPPORTED_TYPES.get(content_type, content_type)} "
+                             "but cannot be read as an image (corrupt header)") from None
+    with image:
+        if PILLOW_FORMATS.get(image.format or "") != content_type:
+            raise UploadRejected(f"the content is not a valid {SUPPORTED_TYPES[content_type]} image")
+        # The extra frames of a camera's multi-picture JPEG are previews, not pages.
+        frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
+        if frames > limits.max_pdf_pages:
+            raise UploadRejected(f"the image has {frames} pages, over the limit of {limits.max_pdf_pages}")
+        needs_rewrite = frames > 1
+        for index in range(frames):
+            image.seek(index)
+            width, height = image.size
+            if width * height > limits.max_image_pixels:
+                raise UploadRejected(
+                    f"the image is {width}×{height} = {width * height:,} pixels, over the limit of "
+                    f"{limits.max_image_pixels:,} (decompression-bomb guard)"
+                )
+            try:
+                image.load()
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:
+                raise UploadRejected(f"the image is truncated or corrupt ({exc})") from None
+            transparent = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+            rotated = image.getexif().get(0x0112, 1) not in (1, None)
+            deep = image.mode not in ("1", "L", "P", "RGB", "CMYK", "RGBA", "LA", "PA")
+            needs_rewrite = needs_rewrite or transparent or rotated or deep
+
+    if not needs_rewrite:
+        return 1, lambda _n: path
+
+    def page(number: int) -> Path:
+        with Image.open(path) as img:
+            img.seek(number - 1)
+            frame = ImageOps.exif_transpose(img) or img
+            if frame.mode in ("RGBA", "LA", "PA") or "transparency" in frame.info:
+                rgba = frame.convert("RGBA")
+                canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+                canvas.paste(rgba, mask=rgba.getchannel("A"))
+                frame = canvas
+            elif frame.mode not in ("1", "L", "P", "RGB", "CMYK"):
+                frame = frame.convert("L") if frame.mode.startswith(("I", "F")) else frame.convert("RGB")
+            out = tmp / f"page-{number}.png"
+            frame.save(out, "PNG", compress_level=1)
+        return out
+
+    return frames, page
+
+
+# --- PDF -------------------------------------------------------------------------------------
+
+_PAGE_SIZE_RE = re.compile(r"^Page\s+(\d+)\s+size$")
+_PTS_RE = re.compile(r"([\d.]+)\s*x\s*([\d.]+)\s*pts")
+
+
+def pdf_page_count(path: Path, limits: OcrLimits) -> int:
+    """Check a PDF with pdfinfo (damage, password, pages, page sizes); return its page count."""
+    from pdf2image import pdfinfo_from_path
+    from pdf2image.exceptions import PDFPageCountError, PDFPopplerTimeoutError
+
+    timeout = max(1, int(limits.page_timeout))
+    try:
+        info = pdfinfo_from_path(str(path), timeout=timeout)
+    except PDFPopplerTimeoutError:
+        raise UploadRejected(f"reading the PDF took longer than {timeout} s") from None
+    except PDFPageCountError as exc:
+        # pdf2image puts pdfinfo's stderr after its own first line; the last line names the damage.
+        lines = [ln.strip() for ln in str(exc).split("\n")[1:] if ln.strip()]
+        detail = lines[-1][:200] if lines else ""
+        if "password" in detail.lower():
+            raise UploadRejected("the PDF is encrypted with a password; upload an unprotected copy") from None
+        raise UploadRejected(f"the PDF is damaged and cannot be read ({detail or 'pdfinfo found no pages'})") from None
+    pages = int(info.get("Pages") or 0)
+    if pages < 1:
+        raise UploadRejected("the PDF has no pages")
+    if pages > limits.max_pdf_pages:
+        raise UploadRejected(f"the PDF has {pages} pages, over the limit of {limits.max_pdf_pages}")
+    try:
+        sizes = pdfinfo_from_path(str(path), timeout=timeout, first_page=1, last_page=pages)
+    except (PDFPageCountError, PDFPopplerTimeoutError) as exc:
+        raise UploadRejected(f"the PDF is damaged and cannot be read ({exc})") from None
+    for key, value in sizes.items():
+        m, pts = _PAGE_SIZE_RE.match(key), _PTS_RE.search(str(value))
+        if not (m and pts):
+            continue
+        width = float(pts.group(1)) / 72 * limits.dpi
+        height = float(pts.group(2)) / 72 * limits.dpi
+        if width * height > limits.max_image_pixels:
+            raise UploadRejected(
+                f"page {m.group(1)} is {float(pts.group(1)) / 72:.0f}×{float(pts.group(2)) / 72:.0f} in; at "
+                f"{limits.dpi} dpi that is {width * height:,.0f} pixels, over the limit of {limits.max_image_pixels:,}"
+            )
+    return pages
+
+
+def render_pdf_page(path: Path, number: int, tmp: Path, limits: OcrLimits) -> Path:
+    """Render one PDF page to a grayscale PGM file with pdftoppm (never all pages in memory)."""
+    from pdf2image import convert_from_path
+    from pdf2image.exceptions import PDFPopplerTimeoutError, PDFSyntaxError
+
+    timeout = max(1, int(limits.page_timeout))
+    try:
+        paths = convert_from_path(
+            str(path), dpi=limits.dpi, first_page=number, last_page=number, output_folder=str(tmp),
+            paths_only=True, fmt="ppm", grayscale=True, output_file=f"page-{number}", timeout=timeout,
+            thread_count=1,
+        )
+    except PDFPopplerTimeoutError:
+        raise UploadRejected(f"rendering page {number} took longer than {timeout} s") from None
+    except PDFSyntaxError as exc:
+        raise UploadRejected(f"page {number} of the PDF is damaged ({exc})") from None
+    if len(paths) != 1 or not Path(paths[0]).exists():
+        raise UploadRejected(f"page {number} of the PDF could not be rendered")
+    return Path(paths[0])
+
+
+# --- Tesseract ----------------------------------------------------------------------------------
+
+
+def ocr_page(path: Path, number: int, limits: OcrLimits, workdir: Path | None = None) -> PageResult:
+    """Tesseract on one page file: words with boxes and confidences, grouped into lines.
+
+    pytesseract's ``run_tesseract`` writes the TSV next to the page in our private dir
+    (``image_to_data`` would use the system temp dir, where a killed worker's files stay).
+    """
+    from pytesseract import TesseractError, TesseractNotFoundError
+    from pytesseract.pytesseract import run_tesseract
+
+    timeout = limits.page_timeout
+    out_base = (workdir or path.parent) / f"ocr-{number}"
+    started = time.monotonic()
+    try:
+        # The trailing "tsv" is Tesseract's own config file selecting TSV output, exactly as
+        # on the command line: tesseract PAGE OUT -l eng --psm 6 --oem 3 tsv
+        run_tesseract(str(path), str(out_base), "tsv", limits.language, f"{TESSERACT_CONFIG} tsv", timeout=timeout)
+        tsv = Path(f"{out_base}.tsv").read_text(encoding="utf-8", errors="replace")
+    except RuntimeError as exc:
+        if "timeout" in str(exc).lower():
+            raise UploadRejected(f"OCR of page {number} took longer than {timeout:g} s") from None
+        raise
+    except TesseractNotFoundError:
+        raise UploadRejected("Tesseract is not installed on the worker") from None
+    except TesseractError as exc:
+        raise UploadRejected(f"Tesseract could not read page {number} ({str(exc.message).strip()[:200]})") from None
+    finally:
+        Path(f"{out_base}.tsv").unlink(missing_ok=True)
+    seconds = time.monotonic() - started
+    lines, confidences = parse_tsv(tsv)
+    text = "\n".join(" ".join(w.text for w in line) for line in lines)
+    mean = round(statistics.fmean(confidences), 2) if confidences else None
+    return PageResult(lines, text, mean, seconds)
+
+
+def parse_tsv(tsv: str) -> tuple[list[list[Word]], list[float]]:
+    """Tesseract's TSV (level, page, block, par, line, word, left, top, width, height, conf,
+    text) as lines of words in reading order, and the confidences of the words."""
+    lines: dict[tuple[int, int, int], list[Word]] = {}
+    confidences: list[float] = []
+    rows = tsv.splitlines()
+    for row in rows[1:]:
+        cells = row.split("\t")
+        if len(cells) < 12 or not cells[11].strip():
+            continue
+        try:
+            block, par, line = int(cells[2]), int(cells[3]), int(cells[4])
+            left, top, width, height = (int(c) for c in cells[6:10])
+            conf = float(cells[10])
+        except ValueError:
+            continue
+        text = "\t".join(cells[11:]).strip()
+        lines.setdefault((block, par, line), []).append(Word(text, left, top, width, height, conf))
+        if conf >= 0:
+            confidences.append(conf)
+    return [lines[k] for k in sorted(lines)], confidences
+
+
+def set_thread_limit(limit: int) -> None:
+    """Tesseract's OpenMP threads fight each other (and other workers) on a busy machine;
+    one thread per process is about five times faster per page here."""
+    os.environ["OMP_THREAD_LIMIT"] = str(limit)
+
+
+def default_tmp_root(configured: str) -> Path:
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / "app-ocr"

@@ -1,0 +1,1 @@
+"""OCR benchmark (python -m bench.ocr)."""
