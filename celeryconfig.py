@@ -85,7 +85,12 @@ beat_schedule: dict[str, dict] = {
         "options": {"expires": 12 * 3600},
     },
     # (ocr entries go here)
-    # (scans entries go here)
+    # Scans whose worker died go back to the queue (or fail); stray containers go.
+    "scan-sweep": {
+        "task": "app.tasks.scans.sweep",
+        "schedule": _settings.scan_sweep_interval,
+        "options": {"expires": _settings.scan_sweep_interval},
+    },
     # (voice entries go here)
     # (schedules entries go here)
 }

