@@ -1,4 +1,4 @@
-"""Command line: ``python -m app migrate | create-api-key | list-api-keys | revoke-api-key | dev | check``."""
+"""Command line: ``python -m app migrate | create-api-key | list-api-keys | revoke-api-key | dev | check | locks``."""
 
 from __future__ import annotations
 
@@ -177,3 +177,38 @@ def outbox_replay(event_id: int) -> None:
     except NotDead as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"outbox event {event_id} will be published again")
+
+
+@main.group()
+def locks() -> None:
+    """Named Redis locks (``app.locks``): see who holds what, clear a stuck one."""
+
+
+@locks.command("list")
+def locks_list() -> None:
+    """Every held lock with its remaining TTL in seconds."""
+    from app.locks import LOCK_PREFIX, redis_client
+
+    client = redis_client()
+    found = 0
+    for key in client.scan_iter(match=f"{LOCK_PREFIX}*", count=500):
+        found += 1
+        ttl = client.pttl(key)
+        name = key.decode() if isinstance(key, bytes) else key
+        click.echo(f"{name.removeprefix(LOCK_PREFIX)}\t{ttl / 1000 if ttl >= 0 else 'no-ttl'}")
+    click.echo(f"{found} lock(s) held")
+
+
+@locks.command("clear")
+@click.argument("name")
+def locks_clear(name: str) -> None:
+    """Delete the lock NAME (e.g. upload-gc) so the next run can take it.
+
+    Only for a lock whose holder is gone: a lock always expires by its TTL on its own, so
+    this is needed only when a TTL was set long or a run must happen now.
+    """
+    from app.locks import LOCK_PREFIX, redis_client
+
+    if not redis_client().delete(LOCK_PREFIX + name):
+        raise click.ClickException(f"no lock named {name!r} is held")
+    click.echo(f"cleared lock {name}")

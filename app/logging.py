@@ -1,7 +1,9 @@
 """One logging set-up for the API, the workers and the CLI: JSON lines on stderr.
 
 Every record carries timestamp, level, logger and message; inside a Celery task it also
-carries ``task_id``, ``task_name`` and ``queue``. Extra fields passed with ``extra=`` are
+carries ``task_id``, ``task_name`` and ``queue``, and inside a trace (an API request, a
+task continuing it) ``trace_id`` and ``span_id``, so one grep follows a request into its
+tasks. Extra fields passed with ``extra=`` are
 kept as JSON keys, so ``logger.info("scan done", extra={"scan_id": 3})`` is searchable.
 """
 
@@ -30,6 +32,18 @@ class TaskContextFilter(logging.Filter):
         return True
 
 
+class TraceContextFilter(logging.Filter):
+    """Adds the current OpenTelemetry trace and span ids (hex) to each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from app.tracing import current_ids
+
+        ids = current_ids()
+        if ids is not None:
+            record.trace_id, record.span_id = ids
+        return True
+
+
 _configured = False
 
 
@@ -45,6 +59,7 @@ def configure_logging(level: str | None = None, json_lines: bool | None = None) 
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(TaskContextFilter())
+    handler.addFilter(TraceContextFilter())
     if json_lines:
         handler.setFormatter(
             JsonFormatter(

@@ -1,10 +1,15 @@
-"""Flask application factory: one blueprint per family, JSON errors, OpenAPI at /openapi.json."""
+"""Flask application factory: one blueprint per family, JSON errors, OpenAPI at /openapi.json.
+
+Operations: ``/metrics`` serves Prometheus metrics of this API process tree plus the
+scrape-time sizes (queue depth, outbox, dead letters); every request is traced with
+OpenTelemetry and answers with its trace id in ``X-Trace-Id``.
+"""
 
 from __future__ import annotations
 
 from importlib import import_module
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 
 from app.api.errors import register_error_handlers
 from app.api.spec import openapi_document, spec
@@ -43,4 +48,28 @@ def create_app(settings: Settings | None = None) -> Flask:
         """The OpenAPI 3 document of every route."""
         return jsonify(openapi_document())
 
+    _add_operations(app)
     return app
+
+
+def _add_operations(app: Flask) -> None:
+    """``/metrics``, request tracing and the ``X-Trace-Id`` response header."""
+    from app import metrics
+    from app.tracing import configure_tracing, current_ids, instrument_celery, instrument_flask
+
+    configure_tracing("api")
+    instrument_celery()  # a task published from a request carries the request's trace
+    instrument_flask(app)
+
+    @app.get("/metrics")
+    def prometheus_metrics():  # type: ignore[no-untyped-def]
+        """Prometheus text exposition (not part of the OpenAPI document)."""
+        body, content_type = metrics.render(with_state=True)
+        return Response(body, content_type=content_type)
+
+    @app.after_request
+    def _trace_header(response):  # type: ignore[no-untyped-def]
+        ids = current_ids()
+        if ids is not None:
+            response.headers["X-Trace-Id"] = ids[0]
+        return response

@@ -9,6 +9,10 @@ relays never take the same event; on SQLite the caller holds a lock instead).
 Guarantee: at-least-once publish. An event is marked published only after the broker
 accepted it; a crash between the two publishes it again, with the same task id
 (``outbox-<event id>``), and consumers are idempotent.
+
+Tracing: ``add_event`` keeps the caller's W3C trace context (the API request's) under the
+payload key ``_trace``; ``task_kwargs`` strips it again and the relay publishes inside
+that context, so the task continues the request's trace (see ``app.tracing``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from app.models.base import utcnow
 from app.models.outbox import OutboxEvent
+from app.tracing import TRACE_KEY, carrier
 
 logger = logging.getLogger(__name__)
 
@@ -64,17 +69,30 @@ def add_event(
 ) -> OutboxEvent:
     """Add an event to the caller's transaction; it is published only if that commits."""
     json.dumps(payload)  # fail here, in the request, not later in the relay
+    if TRACE_KEY in payload:
+        raise ValueError(f"payload key {TRACE_KEY!r} is reserved for the trace context")
+    trace_headers = carrier()
     event = OutboxEvent(
         aggregate_type=aggregate_type,
         aggregate_id=str(aggregate_id),
         event_type=event_type,
         task_name=task_name,
-        payload=payload,
+        payload={**payload, TRACE_KEY: trace_headers} if trace_headers else payload,
         next_attempt_at=utcnow(),
     )
     session.add(event)
     session.flush()
     return event
+
+
+def task_kwargs(event: OutboxEvent) -> dict[str, Any]:
+    """The keyword arguments of the event's task: its payload without the trace context."""
+    return {k: v for k, v in (event.payload or {}).items() if k != TRACE_KEY}
+
+
+def trace_headers(event: OutboxEvent) -> dict[str, str]:
+    """The W3C trace context saved with the event (empty when it was added outside a trace)."""
+    return dict((event.payload or {}).get(TRACE_KEY) or {})
 
 
 def claim_due(session: Session, limit: int, now: datetime | None = None) -> list[OutboxEvent]:
@@ -184,7 +202,7 @@ def event_message(event: OutboxEvent) -> str:
             "aggregate_type": event.aggregate_type,
             "aggregate_id": event.aggregate_id,
             "event_type": event.event_type,
-            "payload": event.payload,
+            "payload": task_kwargs(event),
         },
         separators=(",", ":"),
     )

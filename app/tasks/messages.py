@@ -18,6 +18,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from app.celery_app import celery_app
 from app.db import session_scope
 from app.locks import redis_client
+from app.metrics import MESSAGES_ROUTED
 from app.services.channels import make_channels
 from app.services.routing import STATUS_CHANNEL, RouteDeps, route_message
 from app.settings import get_settings
@@ -75,6 +76,7 @@ def route(self, message_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-d
         dedup_ttl=settings.message_dedup_ttl,
     )
     outcome = route_message(deps, message_id, self.request.id)
+    MESSAGES_ROUTED.labels(result=outcome.result).inc()
     if outcome.result == "pending":
         raise self.retry(countdown=outcome.retry_in)
     return {"message_id": message_id, "result": outcome.result, "status": outcome.status}

@@ -24,6 +24,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.celery_app import celery_app
 from app.db import session_scope
+from app.metrics import OCR_PAGES, OCR_UPLOADS
 from app.services.ocr import OcrDeps, OcrLimits, default_tmp_root, fail_upload, process_upload, set_thread_limit
 from app.settings import get_settings
 from app.storage import get_storage
@@ -79,5 +80,8 @@ def process(self, upload_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-
         logger.warning("transient error; retrying", extra={"upload_id": upload_id, "error": str(exc)[:200],
                                                            "countdown": countdown})
         raise self.retry(exc=exc, countdown=countdown) from None
+    OCR_UPLOADS.labels(result=outcome.result).inc()
+    if outcome.result == "ready":
+        OCR_PAGES.inc(outcome.pages)
     return {"upload_id": upload_id, "result": outcome.result, "status": outcome.status, "pages": outcome.pages,
             "error": outcome.error}

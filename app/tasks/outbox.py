@@ -24,9 +24,13 @@ from app.services.outbox import (
     event_message,
     relay_batch,
     task_id_for,
+    task_kwargs,
+    trace_headers,
 )
+from app.metrics import OUTBOX_FAILED, OUTBOX_PUBLISHED
 from app.settings import get_settings
 from app.tasks.base import ping_payload
+from app.tracing import restored
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +50,18 @@ def _publisher(producer: Any):  # type: ignore[no-untyped-def]
         if event.task_name not in celery_app.tasks:
             raise UnknownTargetTask(f"no task named {event.task_name!r}")
         try:
-            celery_app.send_task(
-                event.task_name,
-                kwargs=event.payload,
-                task_id=task_id_for(event.id),
-                producer=producer,
-                retry=False,
-                headers={"outbox_event_id": event.id},
-            )
+            # Published inside the trace of the request that added the event.
+            with restored(trace_headers(event)):
+                celery_app.send_task(
+                    event.task_name,
+                    kwargs=task_kwargs(event),
+                    task_id=task_id_for(event.id),
+                    producer=producer,
+                    retry=False,
+                    # The saved context also travels as is, for a relay without the
+                    # Celery instrumentation; with it, the publish span replaces it.
+                    headers={"outbox_event_id": event.id, **trace_headers(event)},
+                )
         except (OperationalError, ConnectionError, TimeoutError, OSError) as exc:
             raise BrokerUnavailable(str(exc)) from exc
 
@@ -88,6 +96,8 @@ def drain(budget: float | None = None) -> dict[str, int]:
                 )
             totals["published"] += result.published
             totals["failed"] += result.failed
+            OUTBOX_PUBLISHED.inc(result.published)
+            OUTBOX_FAILED.inc(result.failed)
             totals["dead"] += result.dead
             if result.broker_down or result.published + result.failed < settings.outbox_batch_size:
                 break
