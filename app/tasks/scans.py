@@ -77,8 +77,25 @@ def run(self, scan_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         logger.warning("database unavailable; retrying", extra={"scan_id": scan_id, "error": str(exc)[:200],
                                                                 "countdown": countdown})
         raise self.retry(exc=exc, countdown=countdown) from None
+    if outcome.result in ("completed", "failed", "timed_out"):
+        _count_finished(scan_id, outcome.state)
     return {"scan_id": scan_id, "result": outcome.result, "state": outcome.state, "error": outcome.error,
             "worker": deps.worker}
+
+
+def _count_finished(scan_id: str, state: str | None) -> None:
+    """``scans_total{state, verdict}``: the verdict is the stored result's risk (or none)."""
+    from sqlalchemy import select
+
+    from app.metrics import SCANS
+    from app.models.scans import ScanResult
+
+    try:
+        with session_scope() as session:
+            risk = session.scalar(select(ScanResult.risk).where(ScanResult.job_id == scan_id))
+    except TRANSIENT:
+        risk = None
+    SCANS.labels(state=(state or "unknown").upper(), verdict=risk or "none").inc()
 
 
 @celery_app.task(bind=True, name="app.tasks.scans.sweep")
