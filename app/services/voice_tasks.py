@@ -1,0 +1,268 @@
+"""The life of a voice task, shared by the Celery path and the HTTP pull path.
+
+Every transition is a conditional UPDATE on ``(id, status, version)`` (plus the holder
+for a held task) whose row count is checked before anything else happens, so two
+claimants — a Celery worker and a remote worker, or a redelivered task — can never both
+hold or both complete one task. The claim is committed before scoring starts; scoring
+happens only in the claimant, so each task is scored once.
+
+Leases bound a claim: ``sweep_expired`` returns a task whose lease ran out to
+``pending`` (re-dispatching it through the outbox when Celery owns it), or fails it
+after ``max_attempts`` claims.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import IO, Any
+
+import requests
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from app.models.base import utcnow
+from app.models.voice import VoiceTask
+from app.services.outbox import add_event
+
+logger = logging.getLogger(__name__)
+
+SCORE_TASK = "app.tasks.voice.score"
+HELD = ("claimed", "processing")
+
+
+class TaskNotFound(LookupError):
+    """No voice task has this id."""
+
+
+class NotHolder(Exception):
+    """The caller does not hold this task (never did, or its lease was taken back)."""
+
+    def __init__(self, task: VoiceTask) -> None:
+        super().__init__(f"voice task {task.id} is {task.status}"
+                         + (" and held by another worker" if task.status in HELD else "")
+                         + "; only the worker holding its lease may update it")
+        self.status = task.status
+
+
+class AudioFetchError(Exception):
+    """The task's audio could not be fetched (transient: the source may come back)."""
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+def audio_key_for(task_id: str) -> str:
+    """Deterministic storage key of an uploaded clip: a retried upload overwrites itself."""
+    return f"voice/{task_id}/audio"
+
+
+def create_task(
+    session: Session,
+    *,
+    task_id: str,
+    target: str,
+    audio_key: str | None = None,
+    audio_url: str | None = None,
+    transcript: str | None = None,
+    meta: dict[str, Any] | None = None,
+    api_key_id: int | None = None,
+) -> VoiceTask:
+    """Add a pending task; a Celery-targeted one gets its outbox event in the same transaction."""
+    task = VoiceTask(id=task_id, target=target, audio_key=audio_key, audio_url=audio_url, transcript=transcript,
+                     meta=meta or {}, status="pending", attempts=0, version=0, api_key_id=api_key_id)
+    session.add(task)
+    session.flush()
+    if target == "celery":
+        _dispatch(session, task)
+    return task
+
+
+def _dispatch(session: Session, task: VoiceTask) -> None:
+    add_event(session, aggregate_type="voice_task", aggregate_id=task.id, event_type="voice.score",
+              task_name=SCORE_TASK, payload={"task_id": task.id})
+
+
+def _transition(session: Session, task: VoiceTask, expect: tuple[str, ...], holder: str | None,
+                **values: Any) -> bool:
+    """One conditional UPDATE; on success the in-memory row is brought up to date.
+
+    The version condition means the row is exactly as read, so the new values can be
+    computed here (``attempts + 1``) and copied onto the object without a re-read.
+    """
+    values |= {"version": task.version + 1, "updated_at": utcnow()}
+    stmt = update(VoiceTask).where(VoiceTask.id == task.id, VoiceTask.version == task.version,
+                                   VoiceTask.status.in_(expect))
+    if holder is not None:
+        stmt = stmt.where(VoiceTask.claimed_by == holder)
+    result = session.execute(stmt.values(**values), execution_options={"synchronize_session": False})
+    if result.rowcount != 1:
+        return False
+    for key, value in values.items():
+        set_committed_value(task, key, value)
+    return True
+
+
+def claim(session: Session, task_id: str, holder: str, lease_seconds: float,
+          now: datetime | None = None) -> VoiceTask | None:
+    """pending → claimed by ``holder``; ``None`` when someone else got there first."""
+    now = now or utcnow()
+    task = session.get(VoiceTask, task_id, populate_existing=True)
+    if task is None:
+        raise TaskNotFound(task_id)
+    if task.status != "pending":
+        return None
+    ok = _transition(session, task, ("pending",), None, status="claimed", claimed_by=holder, claimed_at=now,
+                     lease_until=now + timedelta(seconds=lease_seconds), attempts=task.attempts + 1)
+    return task if ok else None
+
+
+def claim_next(session: Session, holder: str, targets: list[str], lease_seconds: float,
+               now: datetime | None = None) -> VoiceTask | None:
+    """Claim the oldest pending task of ``targets``; ``None`` when there is none."""
+    now = now or utcnow()
+    for _ in range(5):  # a lost race moves on to the next candidate
+        stmt = (select(VoiceTask.id).where(VoiceTask.status == "pending", VoiceTask.target.in_(targets))
+                .order_by(VoiceTask.created_at, VoiceTask.id).limit(1))
+        if session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        task_id = session.scalar(stmt)
+        if task_id is None:
+            return None
+        task = claim(session, task_id, holder, lease_seconds, now)
+        if task is not None:
+            return task
+    return None
+
+
+def _held(session: Session, task_id: str, holder: str, fresh: bool = True) -> VoiceTask:
+    # ``fresh=False`` trusts a row this session already holds; the conditional UPDATE
+    # still checks it against the database.
+    task = session.get(VoiceTask, task_id, populate_existing=fresh)
+    if task is None:
+        raise TaskNotFound(task_id)
+    if task.status not in HELD or task.claimed_by != holder:
+        raise NotHolder(task)
+    return task
+
+
+def start(session: Session, task_id: str, holder: str, lease_seconds: float,
+          now: datetime | None = None) -> VoiceTask:
+    """claimed/processing → processing, renewing the lease; ``NotHolder`` otherwise."""
+    now = now or utcnow()
+    task = _held(session, task_id, holder, fresh=False)
+    if not _transition(session, task, HELD, holder, status="processing",
+                       lease_until=now + timedelta(seconds=lease_seconds)):
+        raise NotHolder(session.get(VoiceTask, task_id, populate_existing=True) or task)
+    return task
+
+
+def complete(session: Session, task_id: str, holder: str, result: dict[str, Any],
+             now: datetime | None = None) -> VoiceTask:
+    """Record the result of a held task; ``NotHolder`` if the lease was lost."""
+    now = now or utcnow()
+    task = _held(session, task_id, holder)
+    if not _transition(session, task, HELD, holder, status="completed", result=result, error=None,
+                       lease_until=None, finished_at=now):
+        raise NotHolder(session.get(VoiceTask, task_id, populate_existing=True) or task)
+    return task
+
+
+def fail(session: Session, task_id: str, holder: str, reason: str, *, retryable: bool, max_attempts: int,
+         now: datetime | None = None) -> VoiceTask:
+    """A held task failed: back to ``pending`` while attempts remain and it may help, else ``failed``."""
+    now = now or utcnow()
+    task = _held(session, task_id, holder)
+    reason = reason.strip()[:2000] or "no reason given"
+    if retryable and task.attempts < max_attempts:
+        ok = _transition(session, task, HELD, holder, status="pending", claimed_by=None, lease_until=None,
+                         error=reason)
+        if ok and task.target == "celery":
+            _dispatch(session, task)
+    else:
+        if retryable:
+            reason = f"{reason} (gave up after {task.attempts} attempts)"
+        ok = _transition(session, task, HELD, holder, status="failed", error=reason, lease_until=None,
+                         finished_at=now)
+    if not ok:
+        raise NotHolder(session.get(VoiceTask, task_id, populate_existing=True) or task)
+    return task
+
+
+def fail_unclaimed(session: Session, task_id: str, reason: str, now: datetime | None = None) -> bool:
+    """Fail a pending task that can never be scored (e.g. it has neither audio nor text)."""
+    now = now or utcnow()
+    task = session.get(VoiceTask, task_id, populate_existing=True)
+    if task is None or task.status != "pending":
+        return False
+    return _transition(session, task, ("pending",), None, status="failed", error=reason, finished_at=now)
+
+
+@dataclass
+class SweepResult:
+    returned: int = 0
+    failed: int = 0
+
+
+def sweep_expired(session: Session, max_attempts: int, now: datetime | None = None,
+                  limit: int = 500) -> SweepResult:
+    """Take back every claim whose lease has run out (the holder died or went silent)."""
+    now = now or utcnow()
+    result = SweepResult()
+    stmt = (select(VoiceTask).where(VoiceTask.status.in_(HELD), VoiceTask.lease_until < now)
+            .order_by(VoiceTask.lease_until).limit(limit))
+    for task in session.scalars(stmt):
+        holder = task.claimed_by
+        if task.attempts >= max_attempts:
+            if not _transition(session, task, HELD, holder, status="failed", lease_until=None, finished_at=now,
+                               error=f"lease expired {task.attempts} times (last holder {holder}); giving up"):
+                continue
+            result.failed += 1
+        else:
+            if not _transition(session, task, HELD, holder, status="pending", claimed_by=None, lease_until=None,
+                               error=f"lease of {holder} expired; returned to the queue"):
+                continue
+            result.returned += 1
+            if task.target == "celery":
+                _dispatch(session, task)
+        logger.info("voice lease expired", extra={"task_id": task.id, "holder": holder, "status": task.status})
+    return result
+
+
+def read_audio(audio_key: str | None, audio_url: str | None, open_key: Any, *, timeout: float, max_bytes: int,
+               http: requests.Session | None = None) -> bytes | None:
+    """A task's audio bytes from storage (``open_key(key)`` context manager) or its URL; ``None``: no audio."""
+    if audio_key:
+        with open_key(audio_key) as stream:
+            return _read_capped(stream, max_bytes)
+    if audio_url:
+        return fetch_url(audio_url, timeout=timeout, max_bytes=max_bytes, http=http)
+    return None
+
+
+def _read_capped(stream: IO[bytes], max_bytes: int) -> bytes:
+    # One byte past the limit is enough for the decoder to report the size.
+    return stream.read(max_bytes + 1)
+
+
+def fetch_url(url: str, *, timeout: float, max_bytes: int, http: requests.Session | None = None,
+              headers: dict[str, str] | None = None) -> bytes:
+    """GET a clip with a timeout and a size cap; ``AudioFetchError`` when it cannot be had."""
+    getter = http or requests
+    try:
+        with getter.get(url, timeout=timeout, stream=True, headers=headers or {}) as resp:
+            if resp.status_code != 200:
+                raise AudioFetchError(f"audio URL answered HTTP {resp.status_code}")
+            chunks, size = [], 0
+            for chunk in resp.iter_content(64 * 1024):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > max_bytes:
+                    break
+            return b"".join(chunks)
+    except requests.RequestException as exc:
+        raise AudioFetchError(f"audio URL could not be fetched: {type(exc).__name__}") from None

@@ -1,0 +1,227 @@
+"""Voice benchmark: clips scored per second by one worker process through the queue,
+against the bare scoring function in one process, with and without speech recognition.
+
+1. **Bare**: ``score_clip`` called in a loop in this process on the same clips, with the
+   same models and thread settings as the worker — the baseline.
+2. **Queue**: the same clips stored in (local) storage with their ``VoiceTask`` rows,
+   one ``app.tasks.voice.score`` message each sent to the `voice` queue, consumed by one
+   real ``celery worker`` pool process (prefork, concurrency 1) that claims the row,
+   reads the clip, scores it and writes the result. Timed from the first send to the
+   last row completed. Target: ≥ 0.8× the bare rate.
+
+Both run alternately ``--repeat`` times (paired ratios; median and spread), first with
+the transcript provided (no recognition), then from audio alone (faster-whisper). Also
+reported: ONNX inference and acoustic feature time per clip.
+
+Everything runs on loopback: a private redis-server, a scratch PostgreSQL database.
+
+    python -m bench.voice [--quick] [--clips 40] [--asr-clips 12] [--repeat 3] [--write-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ASR_THREADS = "1"
+
+
+def _configure(db_url: str, redis_url: str, storage: str) -> None:
+    os.environ.update({"DATABASE_URL": db_url, "REDIS_URL": redis_url, "BROKER_URL": "", "RESULT_BACKEND": "",
+                       "STORAGE_BACKEND": "local", "STORAGE_LOCAL_ROOT": storage, "LOG_LEVEL": "WARNING",
+                       "VOICE_ASR_THREADS": ASR_THREADS, "HF_HUB_OFFLINE": "1", "SECRET_KEY": "bench"})
+
+
+def make_clips(count: int) -> list[tuple[bytes, str]]:
+    """Distinct synthesized calls from the corpus's held-out split, with their transcripts."""
+    from app.dev.voice_clips import HELDOUT_SPEEDS, HELDOUT_VOICES, style_for, synthesize_wav
+
+    rows = [json.loads(line) for line in (ROOT / "data" / "voice" / "transcripts.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["split"] == "test"][:count]
+    return [(synthesize_wav(r["text"], style_for(i, HELDOUT_VOICES, HELDOUT_SPEEDS, 5)), r["text"])
+            for i, r in enumerate(rows)]
+
+
+def bare_rate(deps, clips: list[tuple[bytes, str]], n: int, with_asr: bool) -> float:  # type: ignore[no-untyped-def]
+    from app.services.voice import score_clip
+
+    start = time.perf_counter()
+    for i in range(n):
+        wav, text = clips[i % len(clips)]
+        score_clip(deps, wav, None if with_asr else text)
+    return n / (time.perf_counter() - start)
+
+
+def queue_rate(clips: list[tuple[bytes, str]], n: int, with_asr: bool, round_no: int) -> float:
+    from sqlalchemy import func, select
+
+    from app.celery_app import celery_app
+    from app.db import session_scope
+    from app.models.voice import VoiceTask
+    from app.services import voice_tasks
+    from app.settings import get_settings
+    from app.storage import get_storage
+
+    storage = get_storage(get_settings())
+    ids = []
+    with session_scope() as session:
+        for i in range(n):
+            wav, text = clips[i % len(clips)]
+            task_id = f"b{round_no:03d}{int(with_asr)}{i:05d}"
+            key = voice_tasks.audio_key_for(task_id)
+            storage.put_bytes(key, wav, content_type="audio/wav")
+            # target "remote" adds no outbox event: the benchmark sends the messages itself.
+            voice_tasks.create_task(session, task_id=task_id, target="remote", audio_key=key,
+                                    transcript=None if with_asr else text)
+            ids.append(task_id)
+    start = time.perf_counter()
+    with celery_app.producer_or_acquire() as producer:
+        for task_id in ids:
+            celery_app.send_task("app.tasks.voice.score", kwargs={"task_id": task_id}, producer=producer)
+    deadline = time.monotonic() + 60 + n * 10
+    while True:
+        with session_scope() as session:
+            done = session.scalar(select(func.count()).select_from(VoiceTask).where(
+                VoiceTask.id.in_(ids), VoiceTask.status.in_(("completed", "failed"))))
+            if done == n:
+                elapsed = time.perf_counter() - start
+                failed = session.scalar(select(func.count()).select_from(VoiceTask).where(
+                    VoiceTask.id.in_(ids), VoiceTask.status == "failed"))
+                assert failed == 0, f"{failed} benchmark tasks failed"
+                return n / elapsed
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {done}/{n} voice tasks finished in time")
+        time.sleep(0.02)
+
+
+def start_worker(log: Path) -> subprocess.Popen[bytes]:
+    from app.celery_app import celery_app
+
+    node = f"bench-voice-{os.getpid()}@bench"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "app", "worker", "-Q", "voice", "-n", node, "-P", "prefork", "-c", "1",
+         "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
+        cwd=ROOT, env=dict(os.environ), stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited {proc.returncode}; see {log}")
+        if celery_app.control.ping(destination=[node], timeout=0.5):
+            # One warm-up task so the pool process has loaded its models before timing.
+            celery_app.send_task("app.tasks.voice.ping").get(timeout=60)
+            return proc
+    raise RuntimeError(f"worker not ready; see {log}")
+
+
+def micro(deps, clips: list[tuple[bytes, str]]) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
+    """Per-clip times of the pieces: decode, acoustic features, ONNX inference."""
+    from app.services.voice import features_for
+    from app.services.voice_features import acoustic_features, decode_audio
+
+    out: dict[str, list[float]] = {"decode": [], "acoustic_per_10s": [], "onnx": []}
+    for wav, text in clips:
+        t0 = time.perf_counter()
+        samples = decode_audio(wav, deps.limits)
+        out["decode"].append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        acoustic_features(samples)
+        out["acoustic_per_10s"].append((time.perf_counter() - t0) * 1000 * 10 / (samples.size / 16000))
+        row = features_for(samples, text)[None, :]
+        for _ in range(20):
+            t0 = time.perf_counter()
+            deps.model.predict(row)
+            out["onnx"].append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def main() -> None:
+    """Run both comparisons and print (optionally write) the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--clips", type=int, default=40, help="clips per run with the transcript provided")
+    parser.add_argument("--asr-clips", type=int, default=12, help="clips per run from audio alone")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--write-docs", action="store_true", help="update the table in docs/voice.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.clips, args.asr_clips, args.repeat = 10, 3, 2
+
+    from app.devserver import start_private_redis
+    from bench.common import machine, median_spread, replace_section, scratch_database, stop, today
+
+    redis_proc, redis_url = start_private_redis()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-voice-"))
+    results: dict[str, list[float]] = {"bare": [], "queue": [], "bare_asr": [], "queue_asr": []}
+    try:
+        with scratch_database(f"bench_voice_{os.getpid()}") as db_url:
+            _configure(db_url, redis_url, str(tmp / "storage"))
+            from app.migrate import upgrade
+
+            upgrade()
+            from app.celery_app import celery_app
+            from app.services.voice import deps_from_settings
+            from app.settings import get_settings
+
+            celery_app.loader.import_default_modules()
+            clips = make_clips(8)
+            deps = deps_from_settings(get_settings())
+            pieces = micro(deps, clips)
+            worker = start_worker(tmp / "worker.log")
+            try:
+                for r in range(args.repeat):
+                    results["bare"].append(bare_rate(deps, clips, args.clips, with_asr=False))
+                    results["queue"].append(queue_rate(clips, args.clips, with_asr=False, round_no=r))
+                for r in range(args.repeat):
+                    results["bare_asr"].append(bare_rate(deps, clips, args.asr_clips, with_asr=True))
+                    results["queue_asr"].append(queue_rate(clips, args.asr_clips, with_asr=True, round_no=100 + r))
+            finally:
+                stop([worker])
+            from app.db import reset_engine
+
+            reset_engine()
+    finally:
+        redis_proc.terminate()
+
+    def row(label: str, values: list[float], unit: str, fmt: str = "{:.2f}") -> str:
+        m, lo, hi = median_spread(values)
+        return f"| {label} | {fmt.format(m)} {unit} | {fmt.format(lo)}–{fmt.format(hi)} | |"
+
+    def ratio_row(label: str, num: str, den: str) -> tuple[str, float]:
+        ratios = [a / b for a, b in zip(results[num], results[den])]
+        m, lo, hi = median_spread(ratios)
+        verdict = "met" if m >= 0.8 else "**missed**"
+        return f"| {label} | **{m:.2f}×** | {lo:.2f}–{hi:.2f} | ≥ 0.8× ({verdict}) |", m
+
+    r1, _ = ratio_row("queue ÷ bare, transcript provided (paired)", "queue", "bare")
+    r2, _ = ratio_row("queue ÷ bare, from audio (paired)", "queue_asr", "bare_asr")
+    table = "\n".join([
+        f"Measured {today()} by `python -m bench.voice{' --quick' if args.quick else ''}` on {machine()}; "
+        f"clips of 8–20 s synthesized from the held-out corpus; speech recognition with {ASR_THREADS} thread(s) per process in both "
+        f"paths; {args.repeat} paired runs.",
+        "",
+        "| measurement | median | spread (min–max) | target |",
+        "|---|---|---|---|",
+        row(f"bare `score_clip`, transcript provided, {args.clips} clips", results["bare"], "clips/s"),
+        row("queue, 1 worker process, transcript provided", results["queue"], "clips/s"),
+        r1,
+        row(f"bare `score_clip`, from audio (ASR), {args.asr_clips} clips", results["bare_asr"], "clips/s"),
+        row("queue, 1 worker process, from audio (ASR)", results["queue_asr"], "clips/s"),
+        r2,
+        row("ONNX inference per clip", pieces["onnx"], "ms", "{:.3f}"),
+        row("acoustic features per 10 s of audio", pieces["acoustic_per_10s"], "ms"),
+        row("decode + resample per clip", pieces["decode"], "ms"),
+    ])
+    print(table)
+    if args.write_docs:
+        replace_section(str(ROOT / "docs" / "voice.md"), "bench-voice", table)
+
+
+if __name__ == "__main__":
+    main()
