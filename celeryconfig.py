@@ -91,8 +91,53 @@ beat_schedule: dict[str, dict] = {
         "schedule": _settings.scan_sweep_interval,
         "options": {"expires": _settings.scan_sweep_interval},
     },
-    # (voice entries go here)
+    # Voice tasks whose holder's lease ran out go back to pending (or fail after the last attempt).
+    "voice-lease-sweep": {
+        "task": "app.tasks.voice.sweep_leases",
+        "schedule": _settings.voice_sweep_interval,
+        "options": {"expires": _settings.voice_sweep_interval},
+    },
     # (schedules entries go here)
+    # Scheduled jobs of the `schedules` queue; each takes its own named lock (docs/schedules.md).
+    "campaign-scheduler": {
+        "task": "app.tasks.schedules.dispatch_campaigns",
+        "schedule": _settings.campaign_interval,
+        "options": {"expires": _settings.campaign_interval},
+    },
+    "lead-reminder-scheduler": {
+        "task": "app.tasks.schedules.lead_reminders",
+        "schedule": _settings.lead_reminder_interval,
+        "options": {"expires": _settings.lead_reminder_interval},
+    },
+    "call-scheduler": {
+        "task": "app.tasks.schedules.schedule_calls",
+        "schedule": _settings.call_scheduler_interval,
+        "options": {"expires": _settings.call_scheduler_interval},
+    },
+    "trial-expiration": {
+        "task": "app.tasks.schedules.expire_trials",
+        "schedule": _settings.trial_expiration_interval,
+        "options": {"expires": _settings.trial_expiration_interval},
+    },
+    "call-cleanup": {
+        "task": "app.tasks.schedules.cleanup_calls",
+        "schedule": _settings.call_cleanup_interval,
+        "options": {"expires": _settings.call_cleanup_interval},
+    },
 }
 timezone = "UTC"
 enable_utc = True
+
+# RedBeat keeps the schedule and each entry's last run in Redis, and only the beat holding
+# its lock sends: two beat processes can run, one active, the other taking over within
+# BEAT_LOCK_TIMEOUT of the active one's death, continuing from the same last-run times.
+beat_scheduler = "app.beat:HABeatScheduler"
+beat_max_loop_interval = _settings.beat_max_loop_interval
+redbeat_redis_url = _settings.redis_url
+redbeat_key_prefix = "redbeat:"
+redbeat_lock_timeout = _settings.beat_lock_timeout
+redbeat_redis_options = {
+    "retry_period": -1,  # a beat waits out a Redis outage instead of exiting
+    "socket_timeout": _settings.redis_socket_timeout,
+    "socket_connect_timeout": _settings.redis_socket_timeout,
+}

@@ -265,3 +265,15 @@ def serve_worker_metrics(host: str, port: int) -> None:
 
     start_wsgi_server(port, addr=host, registry=_Registry())  # type: ignore[arg-type]
     logger.info("worker metrics served", extra={"host": host, "port": port})
+
+# --- schedules ---------------------------------------------------------------------------
+from prometheus_client import Gauge  # noqa: E402
+
+SCHEDULE_ITEMS = Counter(
+    "schedule_items_total", "Items handled by scheduled jobs (emails, reminders, calls, tenants), by job and result.",
+    ["job", "result"],
+)
+JOB_LAST_RUN = Gauge(
+    "job_last_run_timestamp_seconds", "Unix time a scheduled job last finished a run (ok or failed).", ["job"],
+    multiprocess_mode="max",
+)

@@ -317,7 +317,10 @@ class Settings(BaseSettings):
     voice_asr_compute_type: Literal["int8", "int8_float32", "float32"] = Field(
         "int8", description="CTranslate2 compute type of the speech recognition model."
     )
-    voice_asr_threads: int = Field(2, ge=1, le=64, description="CPU threads of speech recognition per process.")
+    voice_asr_threads: int = Field(
+        1, ge=1, le=64, description="CPU threads of speech recognition per process. 1 suits one worker process per "
+        "core; on a busy machine more threads than free cores slow recognition down sharply.",
+    )
     voice_onnx_threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads per process.")
     voice_max_audio_bytes: int = Field(
         25 * 1024 * 1024, ge=1024, description="Largest audio file accepted, bytes (keep it under MAX_REQUEST_BYTES)."
@@ -376,7 +379,61 @@ class Settings(BaseSettings):
         return self
 
     # --- schedules ---------------------------------------------------------
-    # (schedules settings go here)
+    beat_lock_timeout: int = Field(
+        60, ge=2, le=3600, description="Seconds the active beat's RedBeat lock lasts without renewal; a standby beat "
+        "takes over this long after the active one dies.",
+    )
+    beat_max_loop_interval: float = Field(
+        5.0, gt=0, le=300, description="Longest sleep of a beat loop, seconds (keep it well under BEAT_LOCK_TIMEOUT).",
+    )
+    schedule_lock_ttl: float = Field(
+        60.0, gt=0, le=3600, description="TTL of each scheduled job's Redis lock, seconds; renewed while the job runs.",
+    )
+    campaign_interval: float = Field(60.0, gt=0, le=86400, description="Seconds between campaign dispatcher runs (beat).")
+    campaign_batch_size: int = Field(100, ge=1, le=10000, description="Recipients sent by one campaign batch task.")
+    campaign_batch_delay: float = Field(
+        5.0, ge=0, le=3600, description="Seconds between the start of consecutive campaign batches (task countdowns).",
+    )
+    lead_reminder_interval: float = Field(3600.0, gt=0, le=86400, description="Seconds between lead reminder runs (beat).")
+    lead_reminder_period_hours: float = Field(
+        24.0, gt=0, le=8760, description="After a reminder, the lead's next reminder is this many hours later.",
+    )
+    call_scheduler_interval: float = Field(30.0, gt=0, le=3600, description="Seconds between call scheduler runs (beat).")
+    call_max_age_hours: float = Field(
+        48.0, gt=0, le=8760, description="A queued call not dialled this long after its scheduled time expires.",
+    )
+    call_max_attempts: int = Field(3, ge=1, le=20, description="Dial attempts of one call before it fails.")
+    trial_expiration_interval: float = Field(
+        3600.0, gt=0, le=86400, description="Seconds between trial expiration runs (beat).",
+    )
+    call_cleanup_interval: float = Field(86400.0, gt=0, le=604800, description="Seconds between call cleanup runs (beat).")
+    call_retention_days: float = Field(30.0, gt=0, le=3650, description="Terminal calls older than this are deleted.")
+    call_cleanup_batch_size: int = Field(500, ge=1, le=100000, description="Calls deleted per cleanup transaction.")
+    smtp_host: str = Field("127.0.0.1", description="SMTP relay host for campaign and reminder emails.")
+    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP relay port.")
+    smtp_tls: Literal["none", "starttls", "ssl"] = Field(
+        "none", description="`starttls` upgrades a plain connection, `ssl` connects with TLS (port 465), `none` neither.",
+    )
+    smtp_username: str = Field("", description="SMTP login user. Empty: no login.")
+    smtp_password: SecretStr = Field(SecretStr(""), description="SMTP login password.")
+    smtp_from: str = Field("noreply@localhost", description="Envelope and header sender of outgoing emails.")
+    smtp_timeout: float = Field(10.0, gt=0, le=300, description="Timeout of every SMTP connection and command, seconds.")
+    telephony_url: str = Field(
+        "", description="Base URL of the telephony provider's HTTP API (`POST <url>/calls`). Empty: the development "
+        "telephony server on DEV_TELEPHONY_PORT.",
+    )
+    telephony_token: SecretStr = Field(SecretStr("dev"), description="Bearer token of the telephony API.")
+    telephony_timeout: float = Field(10.0, gt=0, le=120, description="Connect+read timeout of a telephony call, seconds.")
+    dev_telephony_port: int = Field(
+        9110, ge=1, le=65535, description="Port of the development telephony server (`python -m app.dev.telephony`).",
+    )
+
+    @model_validator(mode="after")
+    def _check_beat_lock(self) -> "Settings":
+        if self.beat_max_loop_interval * 2 > self.beat_lock_timeout:
+            raise ValueError("BEAT_LOCK_TIMEOUT must be at least twice BEAT_MAX_LOOP_INTERVAL, or the active beat "
+                             "would lose its lock between two loops")
+        return self
 
     # --- health / logging --------------------------------------------------
     health_timeout: float = Field(2.0, gt=0, description="Seconds each /health dependency check may take.")

@@ -1,7 +1,335 @@
-"""Scheduled jobs: API blueprint."""
+"""Scheduled jobs API: tenants, leads, campaigns and calls the jobs work on, and the jobs' status.
+
+``POST`` routes validate (timezone, business hours, addresses) and write rows the beat
+jobs pick up; nothing is sent from a request. ``GET /api/schedules`` reports per job the
+last run, the next run (from RedBeat's schedule in Redis) and the totals.
+"""
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime
+from typing import Any, Literal
+
 from flask import Blueprint
+from pydantic import BaseModel, Field, field_validator
+from spectree import Response
+
+from app.api.auth import require_api_key
+from app.api.errors import ApiError, ErrorResponse
+from app.api.spec import BEARER, spec
+from app.db import session_scope
+from app.models.schedules import CallRequest, Campaign, Lead, Tenant
+from app.services import schedules as svc
+from app.services.jobs import last_run
+
+logger = logging.getLogger(__name__)
 
 bp = Blueprint("schedules", __name__)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("must carry a UTC offset (e.g. 2030-01-01T09:00:00Z)")
+    return value
+
+
+class TenantCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    plan: str = Field("trial", min_length=1, max_length=32, description="`trial` is suspended at trial_ends_at.")
+    trial_ends_at: datetime | None = None
+    timezone: str = Field("UTC", max_length=64, description="IANA timezone of the business hours.")
+    business_hours: dict[str, list[list[str]]] = Field(
+        default_factory=dict, description='Wall-clock hours per weekday: {"mon": [["09:00", "18:00"]], ...}.')
+
+    @field_validator("trial_ends_at")
+    @classmethod
+    def _check_aware(cls, value: datetime | None) -> datetime | None:
+        return _aware(value)
+
+
+class TenantOut(BaseModel):
+    id: int
+    name: str
+    plan: str
+    trial_ends_at: datetime | None
+    status: str
+    suspended_at: datetime | None
+    timezone: str
+    business_hours: dict[str, Any]
+    created_at: datetime
+
+
+class LeadCreate(BaseModel):
+    tenant_id: int
+    name: str = Field(min_length=1, max_length=200)
+    email: str | None = Field(None, max_length=320)
+    phone: str | None = Field(None, max_length=32)
+    next_reminder_at: datetime | None = None
+
+    @field_validator("next_reminder_at")
+    @classmethod
+    def _check_aware(cls, value: datetime | None) -> datetime | None:
+        return _aware(value)
+
+
+class LeadOut(BaseModel):
+    id: int
+    tenant_id: int
+    name: str
+    email: str | None
+    phone: str | None
+    next_reminder_at: datetime | None
+    reminders_sent: int
+    last_reminder_at: datetime | None
+    last_error: str | None
+
+
+class CampaignCreate(BaseModel):
+    tenant_id: int
+    channel: Literal["email", "whatsapp"]
+    subject: str = Field("", max_length=300)
+    template: str = Field(min_length=1, max_length=100_000)
+    scheduled_at: datetime | None = Field(None, description="Omitted: now (sent by the next dispatcher run).")
+    recipients: list[str] = Field(description="Email addresses or phone numbers; invalid ones are skipped.",
+                                  max_length=100_000)
+
+    @field_validator("scheduled_at")
+    @classmethod
+    def _check_aware(cls, value: datetime | None) -> datetime | None:
+        return _aware(value)
+
+
+class CampaignOut(BaseModel):
+    id: int
+    tenant_id: int
+    channel: str
+    subject: str
+    scheduled_at: datetime
+    status: str
+    total: int
+    sent: int
+    failed: int
+    skipped: int
+    batches: int
+    last_error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    skipped_recipients: list[dict[str, str | None]] = Field(default_factory=list)
+
+
+class CallCreate(BaseModel):
+    tenant_id: int
+    lead_id: int
+    scheduled_for: datetime | None = Field(None, description="Omitted: now.")
+
+    @field_validator("scheduled_for")
+    @classmethod
+    def _check_aware(cls, value: datetime | None) -> datetime | None:
+        return _aware(value)
+
+
+class CallOut(BaseModel):
+    id: int
+    tenant_id: int
+    lead_id: int
+    scheduled_for: datetime
+    status: str
+    attempts: int
+    provider_call_id: str | None
+    last_error: str | None
+    finished_at: datetime | None
+
+
+class JobStatus(BaseModel):
+    job: str
+    task: str
+    schedule: str
+    lock: str
+    last_run: dict[str, Any] | None
+    next_run: datetime | None
+    totals: dict[str, int]
+
+
+class JobStatusList(BaseModel):
+    jobs: list[JobStatus]
+
+
+def _bad(exc: svc.ScheduleInputError) -> ApiError:
+    return ApiError(400, "validation_error", f"invalid request: {exc}",
+                    [{"loc": exc.loc, "msg": str(exc), "type": "value_error"}])
+
+
+def _out(model: type[BaseModel], row: object, **extra: Any) -> dict:
+    return model.model_validate(row, from_attributes=True).model_copy(update=extra).model_dump(mode="json")
+
+
+def _campaign_out(session, campaign: Campaign) -> dict:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from app.models.schedules import CampaignRecipient
+
+    skipped = session.execute(select(CampaignRecipient.address, CampaignRecipient.detail).where(
+        CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.status.in_(("skipped", "failed")),
+    ).order_by(CampaignRecipient.id).limit(100)).all()
+    return _out(CampaignOut, campaign, skipped_recipients=[{"address": a, "reason": d} for a, d in skipped])
+
+
+@bp.post("/api/tenants")
+@spec.validate(json=TenantCreate, resp=Response(HTTP_201=TenantOut, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse),
+               tags=["schedules"], security=BEARER)
+@require_api_key
+def create_tenant(json: TenantCreate):  # type: ignore[no-untyped-def]
+    """Create a tenant with its IANA timezone and business hours."""
+    try:
+        with session_scope() as session:
+            tenant = svc.create_tenant(session, name=json.name, plan=json.plan, trial_ends_at=json.trial_ends_at,
+                                       timezone=json.timezone, business_hours=json.business_hours)
+            return _out(TenantOut, tenant), 201
+    except svc.ScheduleInputError as exc:
+        raise _bad(exc) from None
+
+
+@bp.get("/api/tenants/<int:tenant_id>")
+@spec.validate(resp=Response(HTTP_200=TenantOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
+               tags=["schedules"], security=BEARER)
+@require_api_key
+def get_tenant(tenant_id: int):  # type: ignore[no-untyped-def]
+    """A tenant and its status (`active` or `suspended`)."""
+    with session_scope() as session:
+        tenant = session.get(Tenant, tenant_id)
+        if tenant is None:
+            raise ApiError(404, "not_found", f"tenant {tenant_id} does not exist")
+        return _out(TenantOut, tenant)
+
+
+@bp.post("/api/leads")
+@spec.validate(json=LeadCreate, resp=Response(HTTP_201=LeadOut, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse),
+               tags=["schedules"], security=BEARER)
+@require_api_key
+def create_lead(json: LeadCreate):  # type: ignore[no-untyped-def]
+    """Create a lead; ``next_reminder_at`` schedules its first reminder email."""
+    try:
+        with session_scope() as session:
+            lead = svc.create_lead(session, tenant_id=json.tenant_id, name=json.name, email=json.email,
+                                   phone=json.phone, next_reminder_at=json.next_reminder_at)
+            return _out(LeadOut, lead), 201
+    except svc.ScheduleInputError as exc:
+        raise _bad(exc) from None
+
+
+@bp.get("/api/leads/<int:lead_id>")
+@spec.validate(resp=Response(HTTP_200=LeadOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
+               tags=["schedules"], security=BEARER)
+@require_api_key
+def get_lead(lead_id: int):  # type: ignore[no-untyped-def]
+    """A lead, its next reminder time and the reminders sent."""
+    with session_scope() as session:
+        lead = session.get(Lead, lead_id)
+        if lead is None:
+            raise ApiError(404, "not_found", f"lead {lead_id} does not exist")
+        return _out(LeadOut, lead)
+
+
+@bp.post("/api/campaigns")
+@spec.validate(json=CampaignCreate,
+               resp=Response(HTTP_201=CampaignOut, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse),
+               tags=["schedules"], security=BEARER)
+@require_api_key
+def create_campaign(json: CampaignCreate):  # type: ignore[no-untyped-def]
+    """Schedule a campaign; the dispatcher sends it in batches once ``scheduled_at`` has passed."""
+    from app.models.base import utcnow
+
+    try:
+        with session_scope() as session:
+            campaign = svc.create_campaign(
+                session, tenant_id=json.tenant_id, channel=json.channel, subject=json.subject,
+                template=json.template, scheduled_at=json.scheduled_at or utcnow(), recipients=json.recipients)
+            return _campaign_out(session, campaign), 201
+    except svc.ScheduleInputError as exc:
+        raise _bad(exc) from None
+
+
+@bp.get("/api/campaigns/<int:campaign_id>")
+@spec.validate(resp=Response(HTTP_200=CampaignOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
+               tags=["schedules"], security=BEARER)
+@require_api_key
+def get_campaign(campaign_id: int):  # type: ignore[no-untyped-def]
+    """A campaign's status and counters, with the skipped or failed recipients and why."""
+    with session_scope() as session:
+        campaign = session.get(Campaign, campaign_id)
+        if campaign is None:
+            raise ApiError(404, "not_found", f"campaign {campaign_id} does not exist")
+        return _campaign_out(session, campaign)
+
+
+@bp.post("/api/calls")
+@spec.validate(json=CallCreate, resp=Response(HTTP_201=CallOut, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse),
+               tags=["schedules"], security=BEARER)
+@require_api_key
+def create_call(json: CallCreate):  # type: ignore[no-untyped-def]
+    """Queue a call to a lead; it is dialled when due and inside the tenant's business hours."""
+    from app.models.base import utcnow
+
+    try:
+        with session_scope() as session:
+            call = svc.create_call(session, tenant_id=json.tenant_id, lead_id=json.lead_id,
+                                   scheduled_for=json.scheduled_for or utcnow())
+            return _out(CallOut, call), 201
+    except svc.ScheduleInputError as exc:
+        raise _bad(exc) from None
+
+
+@bp.get("/api/calls/<int:call_id>")
+@spec.validate(resp=Response(HTTP_200=CallOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
+               tags=["schedules"], security=BEARER)
+@require_api_key
+def get_call(call_id: int):  # type: ignore[no-untyped-def]
+    """A call request's status, attempts and provider call id."""
+    with session_scope() as session:
+        call = session.get(CallRequest, call_id)
+        if call is None:
+            raise ApiError(404, "not_found", f"call {call_id} does not exist")
+        return _out(CallOut, call)
+
+
+def _next_run(name: str) -> datetime | None:
+    """When beat will next send the entry, read from RedBeat's schedule (None if unknown)."""
+    from redbeat.schedulers import RedBeatSchedulerEntry
+
+    from app.celery_app import celery_app
+
+    try:
+        entry = RedBeatSchedulerEntry.from_key(f"{celery_app.conf.redbeat_key_prefix}{name}", app=celery_app)
+        return entry.due_at
+    except KeyError:
+        return None  # beat has not stored the entry yet
+    except Exception:  # Redis down: the rest of the status is still worth serving
+        logger.warning("next run unavailable", extra={"job": name}, exc_info=True)
+        return None
+
+
+@bp.get("/api/schedules")
+@spec.validate(resp=Response(HTTP_200=JobStatusList, HTTP_401=ErrorResponse), tags=["schedules"], security=BEARER)
+@require_api_key
+def job_status():  # type: ignore[no-untyped-def]
+    """Per scheduled job: last run (start, duration, outcome, counts), next run, and totals."""
+    import celeryconfig
+
+    jobs = []
+    with session_scope() as session:
+        totals = svc.job_totals(session)
+        for name in svc.JOBS:
+            entry = celeryconfig.beat_schedule.get(name, {})
+            run = last_run(session, name)
+            jobs.append(JobStatus(
+                job=name, task=entry.get("task", ""), schedule=str(entry.get("schedule", "")), lock=name,
+                last_run=None if run is None else {
+                    "started_at": run.started_at.isoformat(),
+                    "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+                    "duration_seconds": run.duration_seconds, "outcome": run.outcome, "counts": run.counts,
+                    "detail": run.detail, "worker": run.worker,
+                },
+                next_run=_next_run(name), totals=totals[name],
+            ))
+    return JobStatusList(jobs=jobs).model_dump(mode="json")
