@@ -115,6 +115,7 @@ class DevStack:
             Child("beat", [py, "-m", "celery", "-A", "app", "beat", "--loglevel", s.log_level,
                            "-s", str(VAR / "celerybeat-schedule")]),
             Child("channels", [py, "-m", "app.dev.channels", "--port", str(s.dev_channels_port)]),
+            Child("telephony", [py, "-m", "app.dev.telephony", "--port", str(s.dev_telephony_port)]),
             Child("flower", [py, "-m", "celery", "-A", "app", "flower", "--address=127.0.0.1",
                              f"--port={s.flower_port}", f"--basic-auth={s.flower_user}:{self.flower_password}"]),
         ]
@@ -132,6 +133,7 @@ class DevStack:
             f"  API      {api}   (health: {api}/health, OpenAPI: {api}/openapi.json)",
             f"  Flower   http://127.0.0.1:{s.flower_port}   (user {s.flower_user}, password {self.flower_password})",
             f"  channels http://127.0.0.1:{s.dev_channels_port}   (development WhatsApp/Instagram server; GET /_received)",
+            f"  telephony http://127.0.0.1:{s.dev_telephony_port}   (development telephony server for the call scheduler)",
             f"  queues   {', '.join(QUEUES)}",
             "Ctrl-C stops everything.",
             "",

@@ -123,6 +123,9 @@ def score(self, task_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         return {"task_id": task_id, "result": "lease_lost"}
     logger.info("voice task completed", extra={"task_id": task_id, "risk_level": result["risk_level"],
                                                "scam_score": result["scam_score"]})
+    from app.metrics import VOICE_RISK
+
+    VOICE_RISK.labels(risk_level=result["risk_level"]).inc()
     return {"task_id": task_id, "result": "completed", "risk_level": result["risk_level"]}
 
 
