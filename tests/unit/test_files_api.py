@@ -8,6 +8,7 @@ import hashlib
 
 from sqlalchemy import select
 
+from app.services.outbox import task_kwargs
 from app.db import session_scope
 from app.models.files import File, FileChunk
 from app.models.outbox import OutboxEvent
@@ -111,7 +112,7 @@ def test_complete_names_missing_chunks_then_enqueues_once(api) -> None:  # type:
     assert done.get_json() | {"status_url": None} == {"id": file_id, "status": "MERGING", "enqueued": True,
                                                       "status_url": None}
     events = _events(file_id)
-    assert [(e.task_name, e.payload) for e in events] == [("app.tasks.files.merge", {"file_id": file_id})]
+    assert [(e.task_name, task_kwargs(e)) for e in events] == [("app.tasks.files.merge", {"file_id": file_id})]
     again = api.post(f"/api/files/{file_id}/complete")
     assert again.status_code == 202 and again.get_json()["enqueued"] is False
     assert len(_events(file_id)) == 1

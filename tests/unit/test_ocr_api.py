@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import func, select
 
+from app.services.outbox import task_kwargs
 from app.db import session_scope
 from app.models.ocr import Upload
 from app.models.outbox import OutboxEvent
@@ -115,7 +116,7 @@ def test_complete_queues_once_through_the_outbox(api, png_bytes) -> None:  # typ
     assert second.status_code == 202 and second.get_json()["duplicate"] is True
     with session_scope() as session:
         events = list(session.scalars(select(OutboxEvent).where(OutboxEvent.aggregate_id == upload_id)))
-        assert [(e.task_name, e.payload) for e in events] == [("app.tasks.ocr.process", {"upload_id": upload_id})]
+        assert [(e.task_name, task_kwargs(e)) for e in events] == [("app.tasks.ocr.process", {"upload_id": upload_id})]
         upload = session.get(Upload, upload_id)
         assert upload is not None and upload.status == "queued" and upload.queued_at is not None
     status = api.get(f"/api/uploads/{upload_id}/status").get_json()
