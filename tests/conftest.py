@@ -63,6 +63,21 @@ def tmp_root() -> Iterator[Path]:
     shutil.rmtree(_TMP, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _restore_process_settings() -> Iterator[None]:
+    """A test that called ``create_app(other_settings)`` must not leak them (and their
+    engine) into the tests after it."""
+    from app import settings as app_settings
+
+    before = app_settings._current
+    yield
+    if app_settings._current is not before:
+        from app.db import reset_engine
+
+        app_settings.set_settings(before)
+        reset_engine()
+
+
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:12]

@@ -603,7 +603,8 @@ def ocr_page(path: Path, number: int, limits: OcrLimits, workdir: Path | None = 
     try:
         # The trailing "tsv" is Tesseract's own config file selecting TSV output, exactly as
         # on the command line: tesseract PAGE OUT -l eng --psm 6 --oem 3 tsv
-        run_tesseract(str(path), str(out_base), "tsv", limits.language, f"{TESSERACT_CONFIG} tsv", timeout=timeout)
+        with _tesseract_env():
+            run_tesseract(str(path), str(out_base), "tsv", limits.language, f"{TESSERACT_CONFIG} tsv", timeout=timeout)
         tsv = Path(f"{out_base}.tsv").read_text(encoding="utf-8", errors="replace")
     except RuntimeError as exc:
         if "timeout" in str(exc).lower():
@@ -645,10 +646,36 @@ def parse_tsv(tsv: str) -> tuple[list[list[Word]], list[float]]:
     return [lines[k] for k in sorted(lines)], confidences
 
 
+_thread_limit: int | None = None
+
+
 def set_thread_limit(limit: int) -> None:
     """Tesseract's OpenMP threads fight each other (and other workers) on a busy machine;
-    one thread per process is about five times faster per page here."""
-    os.environ["OMP_THREAD_LIMIT"] = str(limit)
+    one thread per process is about five times faster per page here.
+
+    The limit is applied to the Tesseract subprocess only (see ``_tesseract_env``): set
+    process-wide, ``OMP_THREAD_LIMIT`` would also cap other OpenMP users of the same
+    worker process, such as the speech recogniser, and break them.
+    """
+    global _thread_limit
+    _thread_limit = limit
+
+
+@contextmanager
+def _tesseract_env() -> Iterator[None]:
+    """``OMP_THREAD_LIMIT`` in the environment while a Tesseract subprocess starts."""
+    if _thread_limit is None:
+        yield
+        return
+    previous = os.environ.get("OMP_THREAD_LIMIT")
+    os.environ["OMP_THREAD_LIMIT"] = str(_thread_limit)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("OMP_THREAD_LIMIT", None)
+        else:
+            os.environ["OMP_THREAD_LIMIT"] = previous
 
 
 def default_tmp_root(configured: str) -> Path:

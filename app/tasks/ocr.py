@@ -6,9 +6,9 @@ object store into a retry with exponential backoff and jitter; after the last re
 upload is failed with the reason. Celery's soft time limit (30 s before the hard one)
 reaches the service as a deadline, which fails the upload cleanly.
 
-``OMP_THREAD_LIMIT`` is set when this module is imported, which every worker does at
-start-up, before its pool processes fork: Tesseract's OpenMP threads otherwise fight each
-other and the other pool processes (one thread is about five times faster per page here).
+Each Tesseract subprocess runs with ``OMP_THREAD_LIMIT`` (``OCR_OMP_THREAD_LIMIT``): its
+OpenMP threads otherwise fight each other and the other pool processes (one thread is
+about five times faster per page here). Only the subprocess gets it, not this process.
 """
 
 from __future__ import annotations
