@@ -24,34 +24,54 @@ def _bearer() -> str:
     return token.strip()
 
 
-def require_api_key(view: F) -> F:
-    """Reject the request with 401 unless it carries an active client API key."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        token = _bearer()
-        with session_scope() as session:
-            key = verify_api_key(session, token)
-            if key is None:
-                raise ApiError(401, "unauthorized", "unknown or revoked API key")
-            g.api_key_id = key.id
-            g.api_key_name = key.name
-        return view(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+#: Attribute carrying a route's authentication check; it survives ``functools.wraps``
+#: (which copies ``__dict__``), so the request-validation hook can authenticate first.
+AUTH_ATTR = "_authenticate"
 
 
-def require_admin(view: F) -> F:
-    """Reject the request unless it carries ADMIN_TOKEN (403 when none is configured)."""
+def protected(authenticate: Callable[[], None]) -> Callable[[F], F]:
+    """Decorator factory: run ``authenticate()`` (raising ``ApiError``) before the view."""
 
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        expected = current_app.config["SETTINGS"].admin_token.get_secret_value()
-        if not expected:
-            raise ApiError(403, "admin_disabled", "admin routes are disabled: ADMIN_TOKEN is not set")
-        token = _bearer()
-        if not hmac.compare_digest(token.encode(), expected.encode()):
-            raise ApiError(401, "unauthorized", "wrong admin token")
-        return view(*args, **kwargs)
+    def decorator(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            authenticate()
+            return view(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+        setattr(wrapper, AUTH_ATTR, authenticate)
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+def authenticate_route(view: Callable[..., Any] | None) -> None:
+    """Run the route's authentication check, if it has one (used before reporting a
+    validation error, so an unauthenticated caller learns nothing about the schema)."""
+    check = getattr(view, AUTH_ATTR, None)
+    if check is not None:
+        check()
+
+
+def _check_api_key() -> None:
+    token = _bearer()
+    with session_scope() as session:
+        key = verify_api_key(session, token)
+        if key is None:
+            raise ApiError(401, "unauthorized", "unknown or revoked API key")
+        g.api_key_id = key.id
+        g.api_key_name = key.name
+
+
+def _check_admin() -> None:
+    expected = current_app.config["SETTINGS"].admin_token.get_secret_value()
+    if not expected:
+        raise ApiError(403, "admin_disabled", "admin routes are disabled: ADMIN_TOKEN is not set")
+    token = _bearer()
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "wrong admin token")
+
+
+#: Reject the request with 401 unless it carries an active client API key.
+require_api_key = protected(_check_api_key)
+#: Reject the request unless it carries ADMIN_TOKEN (403 when none is configured).
+require_admin = protected(_check_admin)

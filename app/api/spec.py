@@ -16,6 +16,12 @@ from app.api.errors import ApiError
 
 def _validation_error_to_api_error(req, resp, req_validation_error, instance, model_adapter):  # type: ignore[no-untyped-def]
     if req_validation_error is not None:
+        # Authenticate before saying anything about the request's shape.
+        from flask import current_app, request
+
+        from app.api.auth import authenticate_route
+
+        authenticate_route(current_app.view_functions.get(request.endpoint))
         details = [
             {"loc": list(err.get("loc", ())), "msg": err.get("msg"), "type": err.get("type")}
             for err in req_validation_error.errors(include_url=False, include_context=False)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from spectree import Response
 from spectree.model_adapter.pydantic_adapter import BaseFile
 
-from app.api.auth import _bearer, require_admin, require_api_key
+from app.api.auth import AUTH_ATTR, _bearer, require_admin, require_api_key
 from app.api.errors import ApiError, ErrorResponse
 from app.api.nudge import nudge_relay
 from app.api.spec import ADMIN, BEARER, spec
@@ -229,21 +229,31 @@ def get_task(task_id: str):  # type: ignore[no-untyped-def]
 
 # --- remote worker protocol ----------------------------------------------------------------
 
-def require_worker(view: F) -> F:
+def _check_worker() -> None:
     """Authenticate a remote worker by its bearer token (401 when unknown, revoked or expired)."""
+    token = _bearer()
+    with session_scope() as session:
+        try:
+            worker = workers.authenticate(session, token, _settings().signing_key())
+        except workers.TokenRejected as exc:
+            raise ApiError(401, "unauthorized", str(exc)) from None
+        g.worker_id = worker.id
+        g.worker_holder = workers.holder_of(worker)
+
+
+def require_worker(view: F) -> F:
+    """Authenticate a remote worker by its bearer token (401 when unknown, revoked or expired).
+
+    Defined here rather than with ``protected``: spectree evaluates the view's string
+    annotations in the wrapper's module globals, which must be this module's.
+    """
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        token = _bearer()
-        with session_scope() as session:
-            try:
-                worker = workers.authenticate(session, token, _settings().signing_key())
-            except workers.TokenRejected as exc:
-                raise ApiError(401, "unauthorized", str(exc)) from None
-            g.worker_id = worker.id
-            g.worker_holder = workers.holder_of(worker)
+        _check_worker()
         return view(*args, **kwargs)
 
+    setattr(wrapper, AUTH_ATTR, _check_worker)
     return wrapper  # type: ignore[return-value]
 
 
