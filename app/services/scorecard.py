@@ -24,7 +24,7 @@ from __future__ import annotations
 import difflib
 import re
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -454,20 +454,31 @@ class _Parser:
             return None
         return list(words[: -len(keys)]), cells
 
+    def _row_cells(self, words: Sequence[Word], readers: Mapping[str, Any], columns: Mapping[str, str],
+                   default_keys: Sequence[str]) -> tuple[list[Word], dict[str, Any]] | None:
+        """The label words and the read cells of one batting or bowling row, keyed by the
+        canonical column name; None when the line is not such a row."""
+        table = self.table
+        if table is not None:
+            chosen = {c.key: readers[columns[c.key]] for c in table.columns}
+        else:
+            chosen = {k: readers[k] for k in default_keys}
+        assigned = self._assign(words, table, chosen)
+        if assigned is None:
+            return None
+        label, raw_cells = assigned
+        cells = {columns.get(k, k): v for k, v in raw_cells.items()}
+        if not any(c.ok for c in cells.values()):
+            return None
+        return label, cells
+
     # --- batting -------------------------------------------------------------------------------
     def _batting_row(self, innings: Innings, words: Sequence[Word]) -> bool:
         table = self.table
-        if table is not None:
-            readers = {c.key: BATTING_READERS[BATTING_COLUMNS[c.key]] for c in table.columns}
-        else:
-            readers = {k: BATTING_READERS[k] for k in ("runs", "balls", "fours", "sixes", "strike_rate")}
-        assigned = self._assign(words, table, readers)
-        if assigned is None:
+        row = self._row_cells(words, BATTING_READERS, BATTING_COLUMNS, ("runs", "balls", "fours", "sixes", "strike_rate"))
+        if row is None:
             return False
-        label, raw_cells = assigned
-        cells = {BATTING_COLUMNS.get(k, k): v for k, v in raw_cells.items()}
-        if not any(c.ok for c in cells.values()):
-            return False
+        label, cells = row
         name_words, dismissal_words = self._split_name(label, table)
         name = clean_name(w.text for w in name_words)
         if not name:
@@ -566,18 +577,10 @@ class _Parser:
 
     # --- bowling -------------------------------------------------------------------------------
     def _bowling_row(self, innings: Innings, words: Sequence[Word]) -> bool:
-        table = self.table
-        if table is not None:
-            readers = {c.key: BOWLING_READERS[BOWLING_COLUMNS[c.key]] for c in table.columns}
-        else:
-            readers = {k: BOWLING_READERS[k] for k in ("overs", "maidens", "runs", "wickets", "economy")}
-        assigned = self._assign(words, table, readers)
-        if assigned is None:
+        row = self._row_cells(words, BOWLING_READERS, BOWLING_COLUMNS, ("overs", "maidens", "runs", "wickets", "economy"))
+        if row is None:
             return False
-        label, raw_cells = assigned
-        cells = {BOWLING_COLUMNS.get(k, k): v for k, v in raw_cells.items()}
-        if not any(c.ok for c in cells.values()):
-            return False
+        label, cells = row
         name = clean_name(w.text for w in label)
         if not name:
             return False
