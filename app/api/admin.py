@@ -67,7 +67,7 @@ def list_keys():  # type: ignore[no-untyped-def]
         return {"items": [_out(k) for k in list_api_keys(session)]}
 
 
-@bp.delete("/api/admin/api-keys/<int:key_id>")
+@bp.delete("/api/admin/api-keys/<int(max=2147483647):key_id>")  # api_keys.id is a 32-bit integer
 @spec.validate(resp=Response("HTTP_204", HTTP_401=ErrorResponse, HTTP_403=ErrorResponse, HTTP_404=ErrorResponse), tags=["admin"], security=ADMIN)
 @require_admin
 def revoke_key(key_id: int):  # type: ignore[no-untyped-def]

@@ -96,7 +96,7 @@ def list_dlq(query: DlqQuery):  # type: ignore[no-untyped-def]
     return {"items": items, "total": total, "page": query.page, "per_page": query.per_page}
 
 
-@bp.post("/api/dlq/<int:dead_letter_id>/replay")
+@bp.post("/api/dlq/<int(max=9223372036854775807):dead_letter_id>/replay")
 @spec.validate(resp=Response(HTTP_202=Replayed, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse, HTTP_404=ErrorResponse, HTTP_409=ErrorResponse),
                tags=["dlq"], security=ADMIN)
 @require_admin
@@ -133,7 +133,7 @@ def list_outbox(query: OutboxQuery):  # type: ignore[no-untyped-def]
     return {"items": items, "page": query.page, "per_page": query.per_page}
 
 
-@bp.post("/api/admin/outbox/<int:event_id>/replay")
+@bp.post("/api/admin/outbox/<int(max=9223372036854775807):event_id>/replay")
 @spec.validate(resp=Response(HTTP_202=OutboxEventOut, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse, HTTP_404=ErrorResponse, HTTP_409=ErrorResponse),
                tags=["outbox"], security=ADMIN)
 @require_admin

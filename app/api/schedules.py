@@ -190,7 +190,7 @@ def create_tenant(json: TenantCreate):  # type: ignore[no-untyped-def]
         raise _bad(exc) from None
 
 
-@bp.get("/api/tenants/<int:tenant_id>")
+@bp.get("/api/tenants/<int(max=9223372036854775807):tenant_id>")
 @spec.validate(resp=Response(HTTP_200=TenantOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
@@ -218,7 +218,7 @@ def create_lead(json: LeadCreate):  # type: ignore[no-untyped-def]
         raise _bad(exc) from None
 
 
-@bp.get("/api/leads/<int:lead_id>")
+@bp.get("/api/leads/<int(max=9223372036854775807):lead_id>")
 @spec.validate(resp=Response(HTTP_200=LeadOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
@@ -250,7 +250,7 @@ def create_campaign(json: CampaignCreate):  # type: ignore[no-untyped-def]
         raise _bad(exc) from None
 
 
-@bp.get("/api/campaigns/<int:campaign_id>")
+@bp.get("/api/campaigns/<int(max=9223372036854775807):campaign_id>")
 @spec.validate(resp=Response(HTTP_200=CampaignOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
@@ -280,7 +280,7 @@ def create_call(json: CallCreate):  # type: ignore[no-untyped-def]
         raise _bad(exc) from None
 
 
-@bp.get("/api/calls/<int:call_id>")
+@bp.get("/api/calls/<int(max=9223372036854775807):call_id>")
 @spec.validate(resp=Response(HTTP_200=CallOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
