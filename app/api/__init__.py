@@ -12,7 +12,7 @@ from importlib import import_module
 from flask import Flask, Response, jsonify
 
 from app.api.errors import register_error_handlers
-from app.api.spec import openapi_document, spec
+from app.api.spec import JsonProvider, openapi_document, spec
 from app.settings import Settings, get_settings, set_settings
 
 
@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json = JsonProvider(app)  # over-deep JSON is a 400, not a RecursionError
     app.json.sort_keys = False  # type: ignore[attr-defined]
     register_error_handlers(app)
 
@@ -63,7 +64,11 @@ def _add_operations(app: Flask) -> None:
 
     @app.get("/metrics")
     def prometheus_metrics():  # type: ignore[no-untyped-def]
-        """Prometheus text exposition (not part of the OpenAPI document)."""
+        """Prometheus text exposition (not part of the OpenAPI document); behind
+        ``Authorization: Bearer <METRICS_TOKEN>`` when that is set."""
+        from app.api.auth import check_metrics_token
+
+        check_metrics_token()
         body, content_type = metrics.render(with_state=True)
         return Response(body, content_type=content_type)
 

@@ -1,4 +1,10 @@
-"""Bearer authentication: client API keys for /api routes, ADMIN_TOKEN for admin routes."""
+"""Bearer authentication: client API keys for /api routes, ADMIN_TOKEN for admin routes.
+
+Every check is wrapped by ``limited``: an address with too many recent authentication
+failures is refused with 429 before its credential is even looked at (so a correct
+guess made while blocked teaches nothing), and each 401 counts one more failure
+(``app.services.ratelimit``).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from flask import current_app, g, request
 from app.api.errors import ApiError
 from app.db import session_scope
 from app.services.auth import verify_api_key
+from app.services.ratelimit import FailureLimiter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +59,49 @@ def authenticate_route(view: Callable[..., Any] | None) -> None:
         check()
 
 
+def failure_limiter() -> FailureLimiter:
+    """The limiter configured by AUTH_FAILURE_LIMIT / AUTH_FAILURE_WINDOW."""
+    from app.locks import redis_client
+
+    settings = current_app.config["SETTINGS"]
+    return FailureLimiter(redis_client(), settings.auth_failure_limit, settings.auth_failure_window)
+
+
+def client_address() -> str:
+    """The address failures are counted for (the peer; behind a proxy, configure it to
+    pass the client's address, e.g. werkzeug's ProxyFix)."""
+    return request.remote_addr or "unknown"
+
+
+def refuse_if_blocked() -> None:
+    """429 with Retry-After when this client address is over its failure limit."""
+    if g.get("_auth_not_blocked"):
+        return
+    wait = failure_limiter().retry_after(client_address())
+    if wait is not None:
+        raise ApiError(429, "too_many_auth_failures",
+                       f"too many failed authentications from this address; retry in {wait} s",
+                       {"retry_after": wait}, headers={"Retry-After": str(wait)})
+    g._auth_not_blocked = True
+
+
+def limited(check: Callable[[], None]) -> Callable[[], None]:
+    """Wrap an authentication check with the failure limiter (see the module docstring)."""
+
+    @wraps(check)
+    def guarded() -> None:
+        refuse_if_blocked()
+        try:
+            check()
+        except ApiError as exc:
+            if exc.status == 401:
+                failure_limiter().record_failure(client_address())
+            raise
+
+    return guarded
+
+
+@limited
 def _check_api_key() -> None:
     token = _bearer()
     with session_scope() as session:
@@ -62,6 +112,7 @@ def _check_api_key() -> None:
         g.api_key_name = key.name
 
 
+@limited
 def _check_admin() -> None:
     expected = current_app.config["SETTINGS"].admin_token.get_secret_value()
     if not expected:
@@ -75,3 +126,17 @@ def _check_admin() -> None:
 require_api_key = protected(_check_api_key)
 #: Reject the request unless it carries ADMIN_TOKEN (403 when none is configured).
 require_admin = protected(_check_admin)
+
+
+@limited
+def _check_metrics_token() -> None:
+    expected = current_app.config["SETTINGS"].metrics_token.get_secret_value()
+    token = _bearer()
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "wrong metrics token")
+
+
+def check_metrics_token() -> None:
+    """/metrics: open when METRICS_TOKEN is empty, else the bearer must equal it."""
+    if current_app.config["SETTINGS"].metrics_token.get_secret_value():
+        _check_metrics_token()

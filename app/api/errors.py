@@ -27,12 +27,14 @@ class ErrorResponse(BaseModel):
 class ApiError(Exception):
     """Raise from a view to answer with a JSON error."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(self, status: int, code: str, message: str, details: Any = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.headers = headers or {}
 
 
 def error_response(status: int, code: str, message: str, details: Any = None):  # type: ignore[no-untyped-def]
@@ -48,7 +50,9 @@ def _code_for(exc: HTTPException) -> str:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):  # type: ignore[no-untyped-def]
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        resp = error_response(exc.status, exc.code, exc.message, exc.details)
+        resp.headers.update(exc.headers)
+        return resp
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]

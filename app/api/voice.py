@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from spectree import Response
 from spectree.model_adapter.pydantic_adapter import BaseFile
 
-from app.api.auth import AUTH_ATTR, _bearer, require_admin, require_api_key
+from app.api.auth import AUTH_ATTR, _bearer, limited, require_admin, require_api_key
 from app.api.errors import ApiError, ErrorResponse
 from app.api.nudge import nudge_relay
 from app.api.spec import ADMIN, BEARER, spec
@@ -229,6 +229,7 @@ def get_task(task_id: str):  # type: ignore[no-untyped-def]
 
 # --- remote worker protocol ----------------------------------------------------------------
 
+@limited
 def _check_worker() -> None:
     """Authenticate a remote worker by its bearer token (401 when unknown, revoked or expired)."""
     token = _bearer()
@@ -579,10 +580,19 @@ def workers_login():  # type: ignore[no-untyped-def]
 
     from flask import redirect
 
+    from app.api.auth import client_address, failure_limiter
+
     expected = _settings().admin_token.get_secret_value()
     if not expected:
         return _render_login()
+    # The sign-in form guesses ADMIN_TOKEN like a bearer header would: same limiter.
+    limiter = failure_limiter()
+    wait = limiter.retry_after(client_address())
+    if wait is not None:
+        body, status = _render_login(429, f"Too many failed sign-ins; try again in {wait} s.")
+        return body, status, {"Retry-After": str(wait)}
     if not hmac.compare_digest(request.form.get("token", "").encode(), expected.encode()):
+        limiter.record_failure(client_address())
         return _render_login(401, "Wrong admin token.")
     resp = redirect(url_for("voice.workers_page.workers_page"), code=303)
     resp.set_cookie(_COOKIE, _page_serializer().dumps({"t": _token_tag()}), max_age=_COOKIE_MAX_AGE,

@@ -17,7 +17,8 @@ from app.settings import get_settings
 PUBLIC = {
     "/health": "load balancers and operators probe it",
     "/openapi.json": "the API description",
-    "/metrics": "Prometheus scrapes it; bind the API to a private address (docs/operations.md)",
+    "/metrics": "open only while METRICS_TOKEN is unset (test_security.py checks the token); bind the API "
+                "to a private address then (docs/operations.md)",
     "/static/<path:filename>": "Flask's static files",
     "/storage/download/<token>": "the signed, expiring token is the credential",
     "/admin/login": "the admin page's sign-in form",
