@@ -108,17 +108,29 @@ def _transition(session: Session, task: VoiceTask, expect: tuple[str, ...], hold
 
 
 def claim(session: Session, task_id: str, holder: str, lease_seconds: float,
-          now: datetime | None = None) -> VoiceTask | None:
-    """pending → claimed by ``holder``; ``None`` when someone else got there first."""
+          now: datetime | None = None, *, processing: bool = False) -> VoiceTask | None:
+    """pending → claimed by ``holder``; ``None`` when someone else got there first.
+
+    One conditional ``UPDATE … RETURNING``: the check and the claim are a single
+    statement, so there is no read before it. ``processing=True`` claims straight into
+    ``processing`` (the Celery path starts scoring at once; no second update needed).
+    """
     now = now or utcnow()
-    task = session.get(VoiceTask, task_id, populate_existing=True)
-    if task is None:
+    stmt = (update(VoiceTask).where(VoiceTask.id == task_id, VoiceTask.status == "pending")
+            .values(status="processing" if processing else "claimed", claimed_by=holder, claimed_at=now,
+                    lease_until=now + timedelta(seconds=lease_seconds), attempts=VoiceTask.attempts + 1,
+                    version=VoiceTask.version + 1, updated_at=utcnow())
+            .returning(VoiceTask))
+    task = _returned(session, stmt)
+    if task is None and session.get(VoiceTask, task_id, populate_existing=True) is None:
         raise TaskNotFound(task_id)
-    if task.status != "pending":
-        return None
-    ok = _transition(session, task, ("pending",), None, status="claimed", claimed_by=holder, claimed_at=now,
-                     lease_until=now + timedelta(seconds=lease_seconds), attempts=task.attempts + 1)
-    return task if ok else None
+    return task
+
+
+def _returned(session: Session, stmt: Any) -> VoiceTask | None:
+    # The row as the UPDATE left it, replacing whatever this session held for it.
+    return session.scalars(stmt, execution_options={"synchronize_session": False,
+                                                    "populate_existing": True}).one_or_none()
 
 
 def claim_next(session: Session, holder: str, targets: list[str], lease_seconds: float,
@@ -163,12 +175,23 @@ def start(session: Session, task_id: str, holder: str, lease_seconds: float,
 
 def complete(session: Session, task_id: str, holder: str, result: dict[str, Any],
              now: datetime | None = None) -> VoiceTask:
-    """Record the result of a held task; ``NotHolder`` if the lease was lost."""
+    """Record the result of a held task; ``NotHolder`` if the lease was lost.
+
+    One conditional ``UPDATE … RETURNING`` on (status held, holder): no read first; the
+    row is read only when the update matched nothing, to say why.
+    """
     now = now or utcnow()
-    task = _held(session, task_id, holder)
-    if not _transition(session, task, HELD, holder, status="completed", result=result, error=None,
-                       lease_until=None, finished_at=now):
-        raise NotHolder(session.get(VoiceTask, task_id, populate_existing=True) or task)
+    stmt = (update(VoiceTask).where(VoiceTask.id == task_id, VoiceTask.status.in_(HELD),
+                                    VoiceTask.claimed_by == holder)
+            .values(status="completed", result=result, error=None, lease_until=None, finished_at=now,
+                    version=VoiceTask.version + 1, updated_at=utcnow())
+            .returning(VoiceTask))
+    task = _returned(session, stmt)
+    if task is None:
+        current = session.get(VoiceTask, task_id, populate_existing=True)
+        if current is None:
+            raise TaskNotFound(task_id)
+        raise NotHolder(current)
     return task
 
 

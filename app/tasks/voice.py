@@ -64,7 +64,9 @@ def ping(self) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     return ping_payload(self)
 
 
-@celery_app.task(bind=True, name="app.tasks.voice.score", max_retries=0)
+# track_started off: the row's ``processing`` status already says the task started, and
+# the STARTED state would cost a result-backend write per clip.
+@celery_app.task(bind=True, name="app.tasks.voice.score", max_retries=0, track_started=False)
 def score(self, task_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Claim the task (committed before scoring), score it, record the result or the reason it failed.
 
@@ -75,11 +77,11 @@ def score(self, task_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     holder = f"celery:{self.request.hostname}"
     try:
         with session_scope() as session:
-            task = voice_tasks.claim(session, task_id, holder, settings.voice_lease_seconds)
+            # Claimed straight into ``processing``: one statement, committed before scoring.
+            task = voice_tasks.claim(session, task_id, holder, settings.voice_lease_seconds, processing=True)
             if task is None:
                 current = session.get(voice_tasks.VoiceTask, task_id)
                 return {"task_id": task_id, "result": "not_claimed", "status": current.status if current else None}
-            voice_tasks.start(session, task_id, holder, settings.voice_lease_seconds)
             audio_key, audio_url, transcript = task.audio_key, task.audio_url, task.transcript
     except TaskNotFound:
         logger.warning("voice task does not exist", extra={"task_id": task_id})

@@ -104,10 +104,14 @@ def queue_rate(clips: list[tuple[bytes, str]], n: int, with_asr: bool, round_no:
 def start_worker(log: Path) -> subprocess.Popen[bytes]:
     from app.celery_app import celery_app
 
+    from bench.common import deploy_env
+
     node = f"bench-voice-{os.getpid()}@bench"
+    # One pool process, with the prefetch the voice worker is deployed with.
+    prefetch = deploy_env("voice")["WORKER_PREFETCH_MULTIPLIER"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "app", "worker", "-Q", "voice", "-n", node, "-P", "prefork", "-c", "1",
-         "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
+         "--prefetch-multiplier", prefetch, "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
         cwd=ROOT, env=dict(os.environ), stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -100,6 +100,8 @@ def test_worker_template_takes_queue_pool_and_stop_timeout() -> None:
     exec_start = unit["Service.ExecStart"][0]
     assert "-Q %i" in exec_start and "-n %i@%H" in exec_start
     assert "--pool ${WORKER_POOL}" in exec_start and "--concurrency ${WORKER_CONCURRENCY}" in exec_start
+    assert "--prefetch-multiplier ${WORKER_PREFETCH_MULTIPLIER}" in exec_start
+    assert "WORKER_PREFETCH_MULTIPLIER=1" in unit["Service.Environment"][0]  # the default for a queue without one
     assert "-/etc/app/worker-%i.env" in unit["Service.EnvironmentFile"]
     assert int(unit["Service.TimeoutStopSec"][0]) > _longest_task_limit()
     assert unit["Service.KillMode"] == ["mixed"]  # SIGTERM to the main process, SIGKILL to all at the end
@@ -131,6 +133,7 @@ def test_supervisor_programs_match_the_units() -> None:
                        if line and not line.startswith("#"))
             assert f"-Q {queue} " in program["command"]
             assert f"--pool {env['WORKER_POOL']} --concurrency {env['WORKER_CONCURRENCY']}" in program["command"]
+            assert f"--prefetch-multiplier {env.get('WORKER_PREFETCH_MULTIPLIER', '1')} " in program["command"]
             assert program["environment"] == f'WORKER_METRICS_PORT="{env["WORKER_METRICS_PORT"]}"'
             assert int(program["stopwaitsecs"]) > _longest_task_limit()
             ports.add(env["WORKER_METRICS_PORT"])
