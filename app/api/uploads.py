@@ -54,9 +54,12 @@ def _guard() -> None:
 class UploadForm(BaseModel):
     """``multipart/form-data`` with the scorecard in the ``file`` field."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    # ``file`` is checked by the view (400 naming it) and only marked required in the
+    # document: when spectree itself reports it missing, it fails to serialize the other
+    # form parts it echoes back (FileStorage objects) and answers 500.
+    model_config = ConfigDict(arbitrary_types_allowed=True, json_schema_extra={"required": ["file"]})
 
-    file: BaseFile = Field(description="PNG, JPEG, TIFF, WebP or PDF; the type is read from the bytes.")
+    file: BaseFile | None = Field(None, description="PNG, JPEG, TIFF, WebP or PDF; the type is read from the bytes.")
 
 
 class DirectUploadRequest(BaseModel):
