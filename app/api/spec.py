@@ -106,10 +106,13 @@ def _check_no_nul(view) -> None:  # type: ignore[no-untyped-def]
     from app.api.auth import authenticate_route
 
     sources: list[tuple[str, Any]] = [("path", request.view_args or {}), ("query", request.args.to_dict(flat=False))]
-    if request.mimetype in _FORM_TYPES:
+    # Bodies only where the route declares one: a raw body (a file chunk) is streamed by
+    # its view and must not be read here.
+    metadata = spec.get_function_metadata(view) if view is not None else None
+    if metadata is not None and metadata.form is not None and request.mimetype in _FORM_TYPES:
         sources.append(("body", request.form.to_dict(flat=False)))
         sources.append(("body", {name: f.filename or "" for name, f in request.files.items()}))
-    elif request.is_json:
+    elif metadata is not None and metadata.json is not None and request.is_json:
         sources.append(("body", request.get_json(silent=True)))
     for where, value in sources:
         loc = _nul_at(value, [where])
