@@ -141,25 +141,39 @@ def paired(values: list[float], baselines: list[float]) -> tuple[float, float, f
     return median_spread([v / b for v, b in zip(values, baselines, strict=True)])
 
 
-def start_worker_process(argv_app: str, queues: list[str], node: str, log: Path, *, pool: str, concurrency: int,
-                         prefetch: int = 1, extra: list[str] | None = None,
-                         env: dict[str, str] | None = None, timeout: float = 90) -> subprocess.Popen[bytes]:
-    """A real ``celery worker`` subprocess, returned once it answers a control ping."""
-    from app.celery_app import celery_app
-
+def spawn_worker(argv_app: str, queues: list[str], node: str, log: Path, *, pool: str, concurrency: int,
+                 prefetch: int = 1, extra: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a real ``celery worker`` subprocess (see ``wait_worker``)."""
     argv = [sys.executable, "-m", "celery", "-A", argv_app, "worker", "-Q", ",".join(queues), "-n", node,
             "-P", pool, "-c", str(concurrency), "--prefetch-multiplier", str(prefetch),
             "--without-mingle", "--without-gossip", "--loglevel", "WARNING", *(extra or [])]
-    proc = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1], env=dict(env or os.environ),
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1], env=dict(env or os.environ),
+                            stdin=subprocess.DEVNULL, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def wait_worker(proc: subprocess.Popen[bytes], node: str, log: Path, timeout: float = 90) -> None:
+    """Return once the worker answers a control ping; stop it and raise if it does not."""
+    from app.celery_app import celery_app
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"worker {node} exited {proc.returncode}; see {log}")
         if celery_app.control.ping(destination=[node], timeout=0.5):
-            return proc
+            return
     stop([proc])
     raise RuntimeError(f"worker {node} not ready in {timeout:.0f} s; see {log}")
+
+
+def start_worker_process(argv_app: str, queues: list[str], node: str, log: Path, *, pool: str, concurrency: int,
+                         prefetch: int = 1, extra: list[str] | None = None,
+                         env: dict[str, str] | None = None, timeout: float = 90) -> subprocess.Popen[bytes]:
+    """A real ``celery worker`` subprocess, returned once it answers a control ping."""
+    proc = spawn_worker(argv_app, queues, node, log, pool=pool, concurrency=concurrency, prefetch=prefetch,
+                        extra=extra, env=env)
+    wait_worker(proc, node, log, timeout)
+    return proc
 
 
 def child_pids(pid: int) -> list[int]:

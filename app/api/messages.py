@@ -10,6 +10,7 @@ from typing import Literal
 from flask import Blueprint, current_app, url_for
 from pydantic import BaseModel, Field
 from spectree import Response
+from sqlalchemy.exc import IntegrityError
 
 from app.api.auth import require_api_key
 from app.api.errors import ApiError, ErrorResponse
@@ -98,15 +99,23 @@ def submit(json: MessageCreate):  # type: ignore[no-untyped-def]
         raise ApiError(400, "validation_error", f"invalid request: content is longer than {limit} characters",
                        [{"loc": ["content"], "msg": f"at most {limit} characters", "type": "string_too_long"}])
     message_id = json.id or uuid.uuid4().hex
-    try:
-        with session_scope() as session:
-            message, created = submit_message(
-                session, message_id=message_id, conversation_id=json.conversation_id,
-                channel=json.channel, recipient=json.recipient, content=json.content,
-            )
-            status = message.status
-    except MessageConflict as exc:
-        raise ApiError(409, "conflict", str(exc)) from None
+    for attempt in (1, 2):
+        try:
+            with session_scope() as session:
+                message, created = submit_message(
+                    session, message_id=message_id, conversation_id=json.conversation_id,
+                    channel=json.channel, recipient=json.recipient, content=json.content,
+                )
+                status = message.status
+            break
+        except MessageConflict as exc:
+            raise ApiError(409, "conflict", str(exc)) from None
+        except IntegrityError:
+            # The same id submitted twice at the same moment: the other request's insert
+            # won. Once more, this request finds that message and answers as a duplicate
+            # (or a conflict) instead of a 500.
+            if attempt == 2:
+                raise
     if created:
         nudge_relay()
     return {

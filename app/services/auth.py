@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,6 +14,8 @@ from app.models.auth import ApiKey
 from app.models.base import utcnow
 
 KEY_PREFIX = "ak_"
+#: ``last_used_at`` is moved forward only when it is at least this old.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def _hash(token: str) -> str:
@@ -37,8 +40,18 @@ def verify_api_key(session: Session, token: str) -> ApiKey | None:
         return None
     if not hmac.compare_digest(key.key_hash, _hash(token)):
         return None
-    key.last_used_at = utcnow()
+    now = utcnow()
+    # Recorded at most once a minute: a write (and a durable commit, and a lock on the
+    # one row every request of this client shares) per request would cost more than the
+    # request's own work, for a field an operator reads to the minute.
+    if key.last_used_at is None or now - _aware(key.last_used_at) >= LAST_USED_RESOLUTION:
+        key.last_used_at = now
     return key
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite returns naive datetimes for timezone-aware columns.
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 def revoke_api_key(session: Session, key_id: int) -> bool:

@@ -342,13 +342,18 @@ def start_due_campaigns(session: Session, now: datetime, batch_size: int, batch_
     ).all()
     plans: list[BatchPlan] = []
     for campaign in due:
-        ids = session.scalars(select(CampaignRecipient.id).where(
+        # One statement numbers the pending recipients in id order and sets each one's
+        # batch (position // batch_size): a 10,000-recipient campaign is one UPDATE, not
+        # one per batch.
+        ranked = select(CampaignRecipient.id.label("rid"),
+                        (func.row_number().over(order_by=CampaignRecipient.id) - 1).label("pos")).where(
             CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.status == "pending",
-        ).order_by(CampaignRecipient.id)).all()
-        batches = (len(ids) + batch_size - 1) // batch_size
+        ).subquery()
+        pending = session.execute(update(CampaignRecipient).where(CampaignRecipient.id == ranked.c.rid)
+                                  .values(batch=ranked.c.pos // batch_size),
+                                  execution_options={"synchronize_session": False}).rowcount
+        batches = (pending + batch_size - 1) // batch_size
         for b in range(batches):
-            chunk = ids[b * batch_size:(b + 1) * batch_size]
-            session.execute(update(CampaignRecipient).where(CampaignRecipient.id.in_(chunk)).values(batch=b))
             plans.append(BatchPlan(campaign.id, b, b * batch_delay))
         campaign.status = "sending"
         campaign.started_at = now

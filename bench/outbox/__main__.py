@@ -148,12 +148,14 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--rate", type=float, default=20.0, help="messages per second for the latency run")
     parser.add_argument("--write-docs", action="store_true", help="update the table in docs/outbox.md")
+    parser.add_argument("--summary", help="write the headline figures as JSON here (python -m bench)")
     args = parser.parse_args()
     if args.quick:
         args.events, args.repeat, args.messages = 1000, 3, 100
 
     from app.devserver import start_private_redis
-    from bench.common import machine, median_spread, percentile, replace_section, scratch_database, today
+    from bench.common import (Figure, machine, median_spread, percentile, replace_section, scratch_database, today,
+                              write_summary)
 
     redis_proc, redis_url = start_private_redis()
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-outbox-{os.getpid()}"
@@ -190,6 +192,14 @@ def main() -> None:
     print(table)
     if args.write_docs:
         replace_section(str(ROOT / "docs" / "outbox.md"), "bench-outbox", table)
+    write_summary(args.summary, [
+        Figure("Outbox relay: PostgreSQL → broker", f"{rel_m:,.0f} events/s ({rel_lo:,.0f}–{rel_hi:,.0f})",
+               f"raw `send_task` publish: {raw_m:,.0f} msg/s", f"{ratio_m:.2f}× ({ratio_lo:.2f}–{ratio_hi:.2f})",
+               "≥ 0.5× raw", ratio_m >= 0.5, f"{args.events} events × {args.repeat} paired runs"),
+        Figure("Outbox end to end: API 202 → channel receipt",
+               f"p50 {percentile(latencies, 50):.0f} ms, p99 {percentile(latencies, 99):.0f} ms", "", "", "", None,
+               f"{args.messages} messages at {args.rate:g}/s"),
+    ])
 
 
 if __name__ == "__main__":

@@ -210,12 +210,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20, help="paired latency runs")
     parser.add_argument("--scans", type=int, default=40, help="scans per throughput run")
     parser.add_argument("--write-docs", action="store_true", help="update the table in docs/scans.md")
+    parser.add_argument("--summary", help="write the headline figures as JSON here (python -m bench)")
     args = parser.parse_args()
     if args.quick:
         args.repeat, args.scans = 5, 8
 
     from app.devserver import free_port, start_private_redis
-    from bench.common import machine, median_spread, percentile, replace_section, scratch_database, today
+    from bench.common import (Figure, machine, median_spread, percentile, replace_section, scratch_database, today,
+                              write_summary)
 
     redis_proc, redis_url = start_private_redis()
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-scans-{os.getpid()}"
@@ -300,6 +302,14 @@ def main() -> None:
     print(f"(e2e stdev {statistics.pstdev(e2e_ms):.0f} ms, bare stdev {statistics.pstdev(bare_ms):.0f} ms)")
     if args.write_docs:
         replace_section(str(ROOT / "docs" / "scans.md"), "bench-scans", table)
+    write_summary(args.summary, [
+        Figure("Scans: `POST /api/scans` → COMPLETED, p50", f"{e2e_p50:.0f} ms",
+               f"bare `docker run --rm` of the fetcher: {bare_p50:.0f} ms", f"{ratio:.2f}× (paired {pr_lo:.2f}–{pr_hi:.2f})",
+               "≤ 1.5× bare", ratio <= 1.5, f"{n} paired runs"),
+        Figure("Scans: throughput, worker concurrency 2", f"{rates[2]:.0f} scans/min",
+               f"bare `docker run`, 2 at a time: {bare_rates[2]:.0f} runs/min", f"{rates[2] / bare_rates[2]:.2f}×",
+               "", None, f"{args.scans} scans submitted at once"),
+    ])
 
 
 if __name__ == "__main__":

@@ -153,12 +153,14 @@ def main() -> None:
     parser.add_argument("--asr-clips", type=int, default=12, help="clips per run from audio alone")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--write-docs", action="store_true", help="update the table in docs/voice.md")
+    parser.add_argument("--summary", help="write the headline figures as JSON here (python -m bench)")
     args = parser.parse_args()
     if args.quick:
         args.clips, args.asr_clips, args.repeat = 10, 3, 2
 
     from app.devserver import start_private_redis
-    from bench.common import machine, median_spread, replace_section, scratch_database, stop, today
+    from bench.common import (Figure, machine, median_spread, replace_section, scratch_database, stop, today,
+                              write_summary)
 
     redis_proc, redis_url = start_private_redis()
     tmp = Path(tempfile.mkdtemp(prefix="bench-voice-"))
@@ -203,8 +205,8 @@ def main() -> None:
         verdict = "met" if m >= 0.8 else "**missed**"
         return f"| {label} | **{m:.2f}×** | {lo:.2f}–{hi:.2f} | ≥ 0.8× ({verdict}) |", m
 
-    r1, _ = ratio_row("queue ÷ bare, transcript provided (paired)", "queue", "bare")
-    r2, _ = ratio_row("queue ÷ bare, from audio (paired)", "queue_asr", "bare_asr")
+    r1, m1 = ratio_row("queue ÷ bare, transcript provided (paired)", "queue", "bare")
+    r2, m2 = ratio_row("queue ÷ bare, from audio (paired)", "queue_asr", "bare_asr")
     table = "\n".join([
         f"Measured {today()} by `python -m bench.voice{' --quick' if args.quick else ''}` on {machine()}; "
         f"clips of 8–20 s synthesized from the held-out corpus; speech recognition with {ASR_THREADS} thread(s) per process in both "
@@ -225,6 +227,22 @@ def main() -> None:
     print(table)
     if args.write_docs:
         replace_section(str(ROOT / "docs" / "voice.md"), "bench-voice", table)
+
+    def spread(num: str, den: str) -> str:
+        _, lo, hi = median_spread([a / b for a, b in zip(results[num], results[den])])
+        return f"({lo:.2f}–{hi:.2f})"
+
+    write_summary(args.summary, [
+        Figure("Voice: clips/s through the queue, transcript provided", f"{median_spread(results['queue'])[0]:.1f} clips/s",
+               f"bare `score_clip` in one process: {median_spread(results['bare'])[0]:.1f} clips/s",
+               f"{m1:.2f}× {spread('queue', 'bare')}", "≥ 0.8× bare", m1 >= 0.8,
+               f"{args.clips} clips × {args.repeat} paired runs, 1 worker process"),
+        Figure("Voice: clips/s through the queue, from audio (ASR)",
+               f"{median_spread(results['queue_asr'])[0]:.2f} clips/s",
+               f"bare `score_clip`: {median_spread(results['bare_asr'])[0]:.2f} clips/s",
+               f"{m2:.2f}× {spread('queue_asr', 'bare_asr')}", "≥ 0.8× bare", m2 >= 0.8,
+               f"{args.asr_clips} clips × {args.repeat} paired runs"),
+    ])
 
 
 if __name__ == "__main__":

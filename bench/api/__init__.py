@@ -1,0 +1,1 @@
+"""API benchmark: submit endpoints under gunicorn against a bare Flask endpoint."""

@@ -1,0 +1,1 @@
+"""Beat precision benchmark: how late each scheduled job starts after its slot."""

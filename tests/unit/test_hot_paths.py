@@ -1,0 +1,105 @@
+"""The hot paths made faster keep their guarantees: the voice claim in one statement,
+campaign batches assigned in one statement, API key use recorded at most once a minute,
+and a message id submitted twice at the same moment answered as a duplicate (never a 500)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from sqlalchemy import func, select, update
+
+from app.db import session_scope
+from app.models.auth import ApiKey
+from app.models.base import utcnow
+from app.models.messages import Message
+from app.models.schedules import Campaign, CampaignRecipient
+from app.models.voice import VoiceTask
+from app.services import schedules as svc
+from app.services import voice_tasks
+from app.services.auth import create_api_key, verify_api_key
+
+
+def test_voice_claim_straight_into_processing_then_complete_without_a_read(pg_database) -> None:  # type: ignore[no-untyped-def]
+    task_id = voice_tasks.new_task_id()
+    with session_scope() as session:
+        voice_tasks.create_task(session, task_id=task_id, target="remote", transcript="hello")
+    with session_scope() as session:
+        task = voice_tasks.claim(session, task_id, "celery:w1", 60, processing=True)
+        assert task is not None and task.status == "processing" and task.attempts == 1 and task.version == 1
+    with session_scope() as session:  # a second claimant finds it taken
+        assert voice_tasks.claim(session, task_id, "celery:w2", 60, processing=True) is None
+    with session_scope() as session:
+        done = voice_tasks.complete(session, task_id, "celery:w1", {"scam_score": 0.2})
+        assert done.status == "completed" and done.version == 2 and done.lease_until is None
+    with session_scope() as session:
+        row = session.get(VoiceTask, task_id)
+        assert row is not None and row.status == "completed" and row.result == {"scam_score": 0.2}
+        assert row.claimed_by == "celery:w1" and row.attempts == 1
+
+
+def test_campaign_batches_are_assigned_in_id_order_by_one_statement(pg_database) -> None:  # type: ignore[no-untyped-def]
+    with session_scope() as session:
+        tenant = svc.create_tenant(session, name="t", plan="paid", trial_ends_at=None, timezone="UTC",
+                                   business_hours={})
+        campaign = svc.create_campaign(
+            session, tenant_id=tenant.id, channel="email", subject="s", template="t",
+            scheduled_at=utcnow() - timedelta(minutes=1),
+            recipients=[f"r{i}@example.com" for i in range(23)] + ["not-an-email"])
+        campaign_id = campaign.id
+    with session_scope() as session:
+        plans = svc.start_due_campaigns(session, utcnow(), batch_size=10, batch_delay=2.0)
+    mine = [p for p in plans if p.campaign_id == campaign_id]
+    assert [(p.batch, p.countdown) for p in mine] == [(0, 0.0), (1, 2.0), (2, 4.0)]
+    with session_scope() as session:
+        rows = session.execute(select(CampaignRecipient.id, CampaignRecipient.batch, CampaignRecipient.status)
+                               .where(CampaignRecipient.campaign_id == campaign_id)
+                               .order_by(CampaignRecipient.id)).all()
+        pending = [r for r in rows if r.status == "pending"]
+        assert [r.batch for r in pending] == [0] * 10 + [1] * 10 + [2] * 3
+        assert all(r.batch is None for r in rows if r.status == "skipped")
+        assert session.get(Campaign, campaign_id).batches == 3  # type: ignore[union-attr]
+
+
+def test_api_key_use_is_recorded_at_most_once_a_minute(pg_database) -> None:  # type: ignore[no-untyped-def]
+    with session_scope() as session:
+        key, token = create_api_key(session, "usage")
+        key_id = key.id
+    with session_scope() as session:
+        assert verify_api_key(session, token) is not None
+    with session_scope() as session:
+        first = session.get(ApiKey, key_id).last_used_at  # type: ignore[union-attr]
+    assert first is not None
+    with session_scope() as session:
+        verify_api_key(session, token)
+    with session_scope() as session:
+        assert session.get(ApiKey, key_id).last_used_at == first  # type: ignore[union-attr]
+        session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=first - timedelta(minutes=2)))
+    with session_scope() as session:
+        verify_api_key(session, token)
+    with session_scope() as session:
+        assert session.get(ApiKey, key_id).last_used_at > first  # type: ignore[operator,union-attr]
+
+
+def test_the_same_message_id_submitted_at_once_is_one_message_and_duplicates(api) -> None:  # type: ignore[no-untyped-def]
+    app = api.client.application
+    body = {"conversation_id": "c", "channel": "whatsapp", "recipient": "+15550001", "content": "hi"}
+    for round_no in range(5):
+        message_id = f"race-{round_no}-{utcnow().timestamp()}"
+        barrier = threading.Barrier(6)
+        answers: list[tuple[int, bool | None]] = []
+
+        def post() -> None:
+            client = app.test_client()
+            barrier.wait()
+            resp = client.post("/api/messages", json=body | {"id": message_id}, headers=api.headers)
+            answers.append((resp.status_code, (resp.get_json() or {}).get("duplicate")))
+
+        threads = [threading.Thread(target=post) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert sorted(answers) == [(202, False)] + [(202, True)] * 5, answers
+        with session_scope() as session:
+            assert session.scalar(select(func.count()).select_from(Message).where(Message.id == message_id)) == 1
