@@ -129,6 +129,25 @@ def _count_received(request: object = None, **_kwargs: object) -> None:
 
 
 @signals.task_prerun.connect
+def _mark_outbox_consumed(task_id: str | None = None, **_kwargs: object) -> None:
+    # A task published from the outbox records that a worker took it; an event nobody
+    # took is published again by the relay (app.services.outbox.redeliver_unconsumed).
+    from app.services.outbox import event_id_for, mark_consumed
+
+    event_id = event_id_for(task_id)
+    if event_id is None:
+        return
+    try:
+        from app.db import session_scope
+
+        with session_scope() as session:
+            mark_consumed(session, event_id)
+    except Exception as exc:  # the task runs anyway; at worst the relay publishes it once more
+        logger.warning("could not record the outbox event as taken", extra={"event_id": event_id,
+                                                                             "error": str(exc)[:200]})
+
+
+@signals.task_prerun.connect
 def _task_started(task_id: str | None = None, **_kwargs: object) -> None:
     if task_id:
         _started[task_id] = time.perf_counter()

@@ -26,6 +26,9 @@ class OutboxEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: When a worker first started the event's task. A published event nobody took is
+    #: published again (the broker can drop a message; see ``redeliver_unconsumed``).
+    consumed_at: Mapped[datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
@@ -41,4 +44,12 @@ class OutboxEvent(Base):
             sqlite_where=text("published_at IS NULL AND dead = 0"),
         ),
         Index("ix_outbox_events_aggregate", "aggregate_type", "aggregate_id"),
+        # The redelivery scan: published events no worker has taken yet.
+        Index(
+            "ix_outbox_events_unconsumed",
+            "published_at",
+            "id",
+            postgresql_where=text("published_at IS NOT NULL AND consumed_at IS NULL"),
+            sqlite_where=text("published_at IS NOT NULL AND consumed_at IS NULL"),
+        ),
     )

@@ -41,6 +41,7 @@ from typing import IO, Any
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.models.base import utcnow
@@ -1026,6 +1027,10 @@ def merge_file(
     except PermanentMergeError as exc:
         _fail(scope, file_id, token, str(exc))
         return MergeOutcome(file_id, "failed", FAILED, str(exc))
+    except (OperationalError, InterfaceError):
+        # The database is unreachable (a restart): not the merge's fault. The caller
+        # retries; this attempt's claim lapses with its lease.
+        raise
     except Exception as exc:
         # A bug or a time limit: still a readable terminal state, chunks kept.
         _fail(scope, file_id, token, f"merge error: {type(exc).__name__}: {exc}")

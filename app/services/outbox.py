@@ -10,6 +10,14 @@ Guarantee: at-least-once publish. An event is marked published only after the br
 accepted it; a crash between the two publishes it again, with the same task id
 (``outbox-<event id>``), and consumers are idempotent.
 
+Redelivery: the broker can still drop a published task (with Redis, a worker killed
+between popping a message and recording it as unacknowledged loses it). A worker records
+when it first starts an event's task (``mark_consumed``, from the ``task_prerun`` signal);
+the relay publishes again, with the same task id, any event published more than
+``OUTBOX_REDELIVER_AFTER`` seconds ago that no worker has started
+(``redeliver_unconsumed``). Consumers are idempotent, so a task that was only slow
+costs one no-op run.
+
 Tracing: ``add_event`` keeps the caller's W3C trace context (the API request's) under the
 payload key ``_trace``; ``task_kwargs`` strips it again and the relay publishes inside
 that context, so the task continues the request's trace (see ``app.tracing``).
@@ -83,6 +91,49 @@ def add_event(
     session.add(event)
     session.flush()
     return event
+
+
+def event_id_for(task_id: str | None) -> int | None:
+    """The event a task id was published for (``outbox-<event id>``); None for other tasks."""
+    if not task_id or not task_id.startswith("outbox-"):
+        return None
+    tail = task_id[len("outbox-"):]
+    return int(tail) if tail.isdigit() else None
+
+
+def mark_consumed(session: Session, event_id: int, now: datetime | None = None) -> bool:
+    """Record that a worker started the event's task; False when already recorded."""
+    done = session.execute(
+        update(OutboxEvent).where(OutboxEvent.id == event_id, OutboxEvent.consumed_at.is_(None))
+        .values(consumed_at=now or utcnow()),
+        execution_options={"synchronize_session": False},
+    ).rowcount
+    return done == 1
+
+
+def redeliver_unconsumed(session: Session, older_than: float, limit: int,
+                         now: datetime | None = None) -> list[int]:
+    """Make events published over ``older_than`` seconds ago whose task no worker started
+    due again; the relay then publishes them with their same task id. Their ids."""
+    now = now or utcnow()
+    stmt = (
+        select(OutboxEvent.id)
+        .where(OutboxEvent.published_at.is_not(None), OutboxEvent.consumed_at.is_(None),
+               OutboxEvent.published_at < now - timedelta(seconds=older_than), OutboxEvent.dead.is_(False))
+        .order_by(OutboxEvent.published_at, OutboxEvent.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    ids = list(session.scalars(stmt))
+    if ids:
+        session.execute(
+            update(OutboxEvent).where(OutboxEvent.id.in_(ids)).values(published_at=None, next_attempt_at=now),
+            execution_options={"synchronize_session": False},
+        )
+        logger.warning("outbox events published but never taken by a worker; publishing again",
+                       extra={"events": ids[:20], "count": len(ids)})
+    return ids
 
 
 def task_kwargs(event: OutboxEvent) -> dict[str, Any]:

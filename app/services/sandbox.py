@@ -249,6 +249,10 @@ def _wait(container: Any, timeout: float) -> bool:
         except APIError as kill_exc:  # it may have exited in between
             if "is not running" not in str(kill_exc):
                 raise SandboxUnavailable(f"cannot kill the timed-out container: {kill_exc}") from None
+        except (DockerException, requests.exceptions.RequestException) as kill_exc:
+            # The daemon went away between the reload and the kill (a restarting dockerd):
+            # the scan goes back to the queue, not to FAILED as an unexpected error.
+            raise SandboxUnavailable(f"Docker stopped answering while the fetch ran: {kill_exc}") from None
         return True
 
 

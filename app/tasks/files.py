@@ -4,6 +4,8 @@ Thin over ``app.services.files.merge_file``: the service does the claim, the mer
 the verification; the task turns "claim held by another delivery" and transient storage
 errors into Celery retries with backoff and jitter, and tells the service when the
 retries are used up so the file ends ``FAILED`` with the reason instead of retrying forever.
+An unreachable database is retried too: a merge that gave up on it would leave the file
+``MERGING`` with nothing left to finish it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import random
 from typing import Any
 
 from celery.utils.time import get_exponential_backoff_interval
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.celery_app import celery_app
 from app.db import session_scope
@@ -25,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 #: Waits for a claim held by another delivery; each is at most one lease long.
 MAX_BUSY_RETRIES = 50
+#: Worth another try: the database could not be reached.
+TRANSIENT_DB = (OperationalError, InterfaceError)
+#: Retries after database errors (backoff of up to a minute each: several minutes in all).
+DB_MAX_RETRIES = 12
 
 
 @celery_app.task(bind=True, name="app.tasks.files.ping")
@@ -34,10 +41,11 @@ def ping(self) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 
 
 @celery_app.task(bind=True, name="app.tasks.files.merge", max_retries=MAX_BUSY_RETRIES + 50)
-def merge(self, file_id: str, failures: int = 0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def merge(self, file_id: str, failures: int = 0, db_retries: int = 0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Merge the chunks of ``file_id`` (status ``MERGING``); idempotent.
 
-    ``failures`` counts transient storage failures so far (carried across retries).
+    ``failures`` counts transient storage failures so far, ``db_retries`` retries after
+    database errors (both carried across retries).
     """
     settings = get_settings()
     limit = settings.files_merge_max_retries
@@ -62,5 +70,14 @@ def merge(self, file_id: str, failures: int = 0) -> dict[str, Any]:  # type: ign
         ) * random.uniform(0.5, 1.0)
         logger.warning("merge hit a transient storage error; retrying",
                        extra={"file_id": file_id, "error": str(exc)[:300], "countdown": round(countdown, 1)})
-        raise self.retry(kwargs={"file_id": file_id, "failures": failures + 1}, countdown=countdown)
+        raise self.retry(kwargs={"file_id": file_id, "failures": failures + 1, "db_retries": db_retries},
+                         countdown=countdown)
+    except TRANSIENT_DB as exc:
+        if db_retries >= DB_MAX_RETRIES:
+            raise
+        # A claim this attempt took is released by its lease running out (MergeBusy meanwhile).
+        countdown = get_exponential_backoff_interval(factor=1, retries=db_retries, maximum=60, full_jitter=True)
+        logger.warning("database unavailable; retrying", extra={"file_id": file_id, "error": str(exc)[:200]})
+        raise self.retry(kwargs={"file_id": file_id, "failures": failures, "db_retries": db_retries + 1},
+                         countdown=max(0.5, countdown)) from None
     return outcome.as_dict()

@@ -2,7 +2,9 @@
 
 The task is thin: it hands the router its dependencies (session scope, channel
 clients, the Redis dedup store, pub/sub) and turns "come back later" into Celery's own
-``retry`` with exponential backoff and jitter (or the channel's ``Retry-After``).
+``retry`` with exponential backoff and jitter (or the channel's ``Retry-After``). An
+unreachable database (a restart, a failover) is retried the same way, so the message is
+not left ``queued`` by a task that gave up.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import requests
 from celery.utils.time import get_exponential_backoff_interval
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.celery_app import celery_app
 from app.db import session_scope
@@ -27,6 +30,11 @@ from app.tasks.base import ping_payload
 logger = logging.getLogger(__name__)
 
 _http: requests.Session | None = None
+
+#: Worth another try: the database could not be reached.
+TRANSIENT_DB = (OperationalError, InterfaceError)
+#: Retries after database errors (backoff of up to a minute each: several minutes in all).
+DB_MAX_RETRIES = 12
 
 
 def _session() -> requests.Session:
@@ -62,8 +70,11 @@ def _backoff(attempt: int) -> float:
 
 
 @celery_app.task(bind=True, name="app.tasks.messages.route", max_retries=None)
-def route(self, message_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Send a message to its channels once; retries are counted per delivery in the database."""
+def route(self, message_id: str, db_retries: int = 0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Send a message to its channels once; retries are counted per delivery in the database.
+
+    ``db_retries`` counts retries after database errors so far (carried across retries).
+    """
     settings = get_settings()
     deps = RouteDeps(
         scope=session_scope,
@@ -75,7 +86,17 @@ def route(self, message_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-d
         lease_seconds=settings.channel_timeout * 2 + 5,
         dedup_ttl=settings.message_dedup_ttl,
     )
-    outcome = route_message(deps, message_id, self.request.id)
+    try:
+        outcome = route_message(deps, message_id, self.request.id)
+    except TRANSIENT_DB as exc:
+        if db_retries >= DB_MAX_RETRIES:
+            raise
+        countdown = get_exponential_backoff_interval(factor=1, retries=db_retries, maximum=60, full_jitter=True)
+        logger.warning("database unavailable; retrying", extra={"message_id": message_id, "error": str(exc)[:200],
+                                                                "countdown": countdown})
+        # The same task id: the router's dedup claim still recognises this delivery.
+        raise self.retry(kwargs={"message_id": message_id, "db_retries": db_retries + 1},
+                         countdown=max(0.5, countdown)) from None
     MESSAGES_ROUTED.labels(result=outcome.result).inc()
     if outcome.result == "pending":
         raise self.retry(countdown=outcome.retry_in)

@@ -22,6 +22,7 @@ from app.services.outbox import (
     PUBSUB_CHANNEL,
     BrokerUnavailable,
     event_message,
+    redeliver_unconsumed,
     relay_batch,
     task_id_for,
     task_kwargs,
@@ -80,8 +81,12 @@ def drain(budget: float | None = None) -> dict[str, int]:
     settings = get_settings()
     budget = settings.outbox_relay_budget if budget is None else budget
     deadline = time.monotonic() + budget
-    totals = {"published": 0, "failed": 0, "dead": 0}
+    totals = {"published": 0, "failed": 0, "dead": 0, "redelivered": 0}
     celery_app.loader.import_default_modules()  # know every target task, in any process
+    with session_scope() as session:
+        # Published events the broker lost become due again, and go out in this run.
+        totals["redelivered"] = len(redeliver_unconsumed(session, settings.outbox_redeliver_after,
+                                                         settings.outbox_batch_size))
     with celery_app.producer_or_acquire() as producer:
         publish = _publisher(producer)
         while time.monotonic() < deadline:
@@ -111,10 +116,10 @@ def relay(self) -> dict[str, int]:  # type: ignore[no-untyped-def]
     if get_engine().dialect.name == "sqlite":
         with named_lock("outbox-relay", ttl=settings.outbox_relay_budget + 60) as lock:
             if not lock.acquired:
-                return {"published": 0, "failed": 0, "dead": 0, "skipped": 1}
+                return {"published": 0, "failed": 0, "dead": 0, "redelivered": 0, "skipped": 1}
             totals = drain()
     else:
         totals = drain()
-    if totals["published"] or totals["failed"]:
+    if totals["published"] or totals["failed"] or totals["redelivered"]:
         logger.info("outbox relayed", extra=totals)
     return totals

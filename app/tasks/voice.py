@@ -14,6 +14,8 @@ from typing import Any
 
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.celery_app import celery_app
 from app.db import session_scope
@@ -29,6 +31,11 @@ logger = logging.getLogger(__name__)
 _deps: ScoringDeps | None = None
 _deps_lock = threading.Lock()
 _consumes_voice = True
+
+#: Worth another try: the database could not be reached.
+TRANSIENT_DB = (OperationalError, InterfaceError)
+#: Retries of a claim after database errors (backoff of up to a minute each: several minutes in all).
+DB_MAX_RETRIES = 12
 
 
 @signals.celeryd_init.connect
@@ -86,6 +93,13 @@ def score(self, task_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     except TaskNotFound:
         logger.warning("voice task does not exist", extra={"task_id": task_id})
         return {"task_id": task_id, "result": "missing"}
+    except TRANSIENT_DB as exc:
+        # Nothing is claimed yet and the task is still ``pending``: without a retry no
+        # message would ever score it (the lease sweep only takes back held tasks).
+        countdown = get_exponential_backoff_interval(factor=1, retries=self.request.retries, maximum=60,
+                                                     full_jitter=True)
+        logger.warning("database unavailable; retrying", extra={"task_id": task_id, "error": str(exc)[:200]})
+        raise self.retry(exc=exc, countdown=max(0.5, countdown), max_retries=DB_MAX_RETRIES) from None
 
     def _fail(reason: str, retryable: bool) -> dict[str, Any]:
         with session_scope() as session:

@@ -1,0 +1,48 @@
+"""Outbox redelivery on PostgreSQL and SQLite: a published event whose task no worker
+started is made due again after OUTBOX_REDELIVER_AFTER; a started one never is."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from app.models.base import utcnow
+from app.models.outbox import OutboxEvent
+from app.services.outbox import add_event, event_id_for, mark_consumed, redeliver_unconsumed, relay_batch
+from tests.unit.test_outbox_service import session  # noqa: F401  (fixture: both databases)
+
+
+def _published(session: Session, n: int) -> list[OutboxEvent]:  # noqa: F811
+    events = [add_event(session, aggregate_type="t", aggregate_id=str(i), event_type="e", task_name="x.y",
+                        payload={"i": i}) for i in range(n)]
+    session.commit()
+    relay_batch(session, lambda e: None, batch_size=100, max_attempts=3, backoff_base=1.0)
+    session.commit()
+    return events
+
+
+def test_an_event_nobody_took_is_made_due_again_and_a_taken_one_is_not(session: Session) -> None:  # noqa: F811
+    lost, taken, recent = _published(session, 3)
+    assert mark_consumed(session, taken.id) and not mark_consumed(session, taken.id)
+    session.commit()
+    later = utcnow() + timedelta(seconds=60)
+    # Not yet: nothing is older than the threshold.
+    assert redeliver_unconsumed(session, 120, 100, now=later) == []
+    ids = redeliver_unconsumed(session, 30, 100, now=later)
+    session.commit()
+    assert lost.id in ids and recent.id in ids and taken.id not in ids
+    session.expire_all()
+    assert session.get(OutboxEvent, lost.id).published_at is None  # type: ignore[union-attr]
+    assert session.get(OutboxEvent, taken.id).published_at is not None  # type: ignore[union-attr]
+    # The relay publishes it again, with the same task id.
+    sent: list[int] = []
+    result = relay_batch(session, lambda e: sent.append(e.id), batch_size=100, max_attempts=3, backoff_base=1.0,
+                         now=later)
+    session.commit()
+    assert set(sent) == {lost.id, recent.id} and result.published == 2
+
+
+def test_event_ids_come_from_outbox_task_ids_only() -> None:
+    assert event_id_for("outbox-42") == 42
+    assert event_id_for("outbox-x") is None and event_id_for("4f1c-uuid") is None and event_id_for(None) is None
