@@ -317,6 +317,10 @@ class Settings(BaseSettings):
         "puts it back to QUEUED (or FAILED after SCAN_MAX_ATTEMPTS); labelled containers older than this are removed.",
     )
     scan_max_attempts: int = Field(3, ge=1, le=20, description="Fetch attempts of one scan before it is FAILED.")
+    scan_docker_max_attempts: int = Field(
+        8, ge=1, le=50, description="Attempts of one scan while the Docker daemon does not answer (a restarting "
+        "dockerd), requeued after 5, 10, 20 … s (at most 120 s): 8 ride out about 6 minutes of outage.",
+    )
     scan_sweep_interval: float = Field(60.0, gt=0, le=3600, description="Seconds between recovery sweeps (beat).")
 
     @field_validator("scan_stale_seconds")

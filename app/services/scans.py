@@ -209,6 +209,9 @@ class ScanDeps:
     sandbox: SandboxConfig
     worker: str = field(default_factory=worker_name)
     max_attempts: int = 3
+    #: Attempts while Docker does not answer: an outage of the daemon is not the scan's
+    #: fault, so it gets a longer budget than a fetch that keeps being interrupted.
+    docker_max_attempts: int = 8
     #: Exceptions the task's own time limit raises inside us (Celery's soft limit).
     deadline_exceptions: tuple[type[BaseException], ...] = ()
     #: Exceptions worth a retry of the task (the database unreachable): re-raised; the
@@ -251,7 +254,8 @@ def run_scan(deps: ScanDeps, scan_id: str) -> ScanOutcome:
         try:
             sandbox = run_fetch(deps.docker(), deps.sandbox, url, scan_id, on_started=deps.on_container)
         except SandboxUnavailable as exc:
-            return _requeue_or_fail(deps, scan_id, version, attempts, f"Docker unavailable: {exc}")
+            return _requeue_or_fail(deps, scan_id, version, attempts, f"Docker unavailable: {exc}",
+                                    max(deps.max_attempts, deps.docker_max_attempts))
         except SandboxConfigError as exc:
             return _finish(deps, scan_id, FETCHING, FAILED, version, str(exc))
 
@@ -321,10 +325,11 @@ def _finish(deps: ScanDeps, scan_id: str, from_state: str, to_state: str, versio
     return ScanOutcome(to_state.lower(), to_state, reason, seconds)
 
 
-def _requeue_or_fail(deps: ScanDeps, scan_id: str, version: int, attempts: int, reason: str) -> ScanOutcome:
+def _requeue_or_fail(deps: ScanDeps, scan_id: str, version: int, attempts: int, reason: str,
+                     max_attempts: int) -> ScanOutcome:
     """Docker could not run the container: back to the queue with a delay, or FAILED
-    once the attempts are used up."""
-    if attempts >= deps.max_attempts:
+    once ``max_attempts`` are used up."""
+    if attempts >= max_attempts:
         return _finish(deps, scan_id, FETCHING, FAILED, version, f"{reason} (after {attempts} attempts)")
     delay = min(REQUEUE_BACKOFF_MAX, REQUEUE_BACKOFF * 2 ** (attempts - 1))
     with deps.scope() as session:

@@ -66,6 +66,7 @@ def run(self, scan_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         sandbox=SandboxConfig.from_settings(settings),
         worker=self.request.hostname or worker_name(),
         max_attempts=settings.scan_max_attempts,
+        docker_max_attempts=settings.scan_docker_max_attempts,
         deadline_exceptions=(SoftTimeLimitExceeded,),
         transient_exceptions=TRANSIENT,
     )

@@ -240,7 +240,7 @@ def _deps(image: str, **settings_overrides: Any) -> ScanDeps:
     if "scan_fetcher_image" not in settings_overrides:
         cfg = dataclasses.replace(cfg, image=image)
     return ScanDeps(scope=session_scope, docker=lambda: make_docker_client(settings), sandbox=cfg, worker="unit",
-                    max_attempts=3)
+                    max_attempts=3, docker_max_attempts=settings.scan_docker_max_attempts)
 
 
 @pytest.mark.usefixtures("no_scan_containers_left_behind")
@@ -278,13 +278,20 @@ def test_docker_unavailable_requeues_with_a_delay_then_fails(pg_database, tmp_pa
     with session_scope() as session:
         job = session.get(ScanJob, job_id)
         assert (job.state, job.attempts) == ("QUEUED", 1)
-        # Third attempt: no more requeues.
-        session.execute(update(ScanJob).where(ScanJob.id == job_id).values(attempts=2))
+        # Past SCAN_MAX_ATTEMPTS a Docker outage still requeues: the daemon's outage has
+        # its own, longer budget (SCAN_DOCKER_MAX_ATTEMPTS).
+        session.execute(update(ScanJob).where(ScanJob.id == job_id).values(attempts=3))
     outcome = run_scan(deps, job_id)
-    assert outcome.result == "failed" and "after 3 attempts" in outcome.error
+    assert outcome.result == "requeued"
+    assert _events(job_id)[-1].next_attempt_at > utcnow() + timedelta(seconds=30)  # 5 × 2³ s
+    with session_scope() as session:
+        # The last one: no more requeues.
+        session.execute(update(ScanJob).where(ScanJob.id == job_id).values(attempts=7))
+    outcome = run_scan(deps, job_id)
+    assert outcome.result == "failed" and "after 8 attempts" in outcome.error
     assert [(a, b) for a, b, _, _ in _audit(job_id)] == [
         (None, "QUEUED"), ("QUEUED", "FETCHING"), ("FETCHING", "QUEUED"), ("QUEUED", "FETCHING"),
-        ("FETCHING", "FAILED")]
+        ("FETCHING", "QUEUED"), ("QUEUED", "FETCHING"), ("FETCHING", "FAILED")]
 
 
 def test_unexpected_errors_fail_the_scan_with_a_reason(pg_database) -> None:  # type: ignore[no-untyped-def]
