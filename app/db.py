@@ -7,12 +7,14 @@ processes ever share a connection.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import Settings, get_settings
@@ -24,7 +26,7 @@ _sessionmaker: sessionmaker[Session] | None = None
 def make_engine(settings: Settings) -> Engine:
     """Build an engine for ``settings.database_url`` with per-dialect options."""
     url = make_url(settings.database_url)
-    kwargs: dict[str, object] = {"echo": settings.database_echo, "pool_pre_ping": True}
+    kwargs: dict[str, object] = {"echo": settings.database_echo}
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -35,7 +37,36 @@ def make_engine(settings: Settings) -> Engine:
     engine = create_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    _ping_when_idle(engine, settings.database_ping_after_idle)
     return engine
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """Pessimistic disconnect handling, only for connections that sat idle.
+
+    ``pool_pre_ping`` pings at every checkout: a round trip per transaction, and a task or
+    a request opens two. A connection checked in moments ago is as alive as the server;
+    one that sat idle (through a database restart, say) is pinged, and a dead one is
+    replaced before anyone uses it (SQLAlchemy retries the checkout on
+    ``DisconnectionError``).
+    """
+
+    @event.listens_for(engine, "connect")
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+        last = record.info.get("checked_in_at")
+        if last is not None and time.monotonic() - last <= idle_seconds:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection is dead: {type(exc).__name__}") from exc
+        if alive is False:
+            raise DisconnectionError("pooled connection is dead")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

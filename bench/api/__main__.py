@@ -11,8 +11,10 @@ outbox nudge publishes to it; no worker consumes).
    ``--seconds`` per endpoint, alternating bare / submit, ``--repeat`` rounds: requests/s.
    Each request carries a fresh id, so every submit writes its rows and outbox event.
    Target: submit ≥ 0.5× bare.
-2. **Latency at half the saturating rate**: ``wrk`` paced (a per-connection delay) to
-   half of the submit endpoint's saturating rate: p99 (target < 50 ms).
+2. **Latency at half the saturating rate**: an open-loop Python generator sends at half
+   of the endpoint's saturating rate, latency counted from each request's due time: p99
+   (target < 50 ms). (``wrk``'s per-connection delay does not suit gunicorn's sync
+   workers: a worker that has accepted a connection waits for its delayed request.)
 
     python -m bench.api [--quick] [--seconds 8] [--repeat 3] [--summary out.json]
 """
@@ -23,6 +25,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,21 +61,12 @@ function request()
 end
 """
 
-#: Only in paced runs: wrk waits this long before each request of a connection.
-LUA_DELAY = r"""
-function delay()
-  return %(delay)d
-end
-"""
-
-
-def wrk(url: str, path: str, body: str, auth: str, seconds: float, tmp: Path, delay_ms: int = 0) -> dict[str, float]:
+def wrk(url: str, path: str, body: str, auth: str, seconds: float, tmp: Path) -> dict[str, float]:
     """One wrk run: requests/s, latency percentiles (ms), non-2xx count."""
-    script = tmp / f"wrk-{abs(hash((path, delay_ms)))}.lua"
     global _runs
     _runs += 1
-    script.write_text(LUA % {"body": body, "path": path, "auth": auth, "run": f"{os.getpid()}.{_runs}"}
-                      + (LUA_DELAY % {"delay": delay_ms} if delay_ms else ""))
+    script = tmp / f"wrk-{_runs}.lua"
+    script.write_text(LUA % {"body": body, "path": path, "auth": auth, "run": f"{os.getpid()}.{_runs}"})
     proc = subprocess.run(["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", f"{max(1, round(seconds))}s", "--latency",
                           "--timeout", "5s", "-s", str(script), url], capture_output=True, text=True,
                          timeout=seconds + 60)
@@ -87,6 +81,57 @@ def wrk(url: str, path: str, body: str, auth: str, seconds: float, tmp: Path, de
     return {"rps": rps, "p50": lat.get("50", float("nan")), "p99": lat.get("99", float("nan")),
             "bad": float(bad.group(1)) if bad else 0.0,
             "errors": float(sum(int(x) for x in errors.groups())) if errors else 0.0}
+
+
+def paced_run(port: int, path: str, body: str, auth: str, rate: float, seconds: float) -> dict[str, float]:
+    """Open-loop load at ``rate`` requests/s: request *i* is due at start + i / rate and its
+    latency counts from that moment (a late send counts against the server, no
+    coordinated omission). A new connection per request, as gunicorn's sync workers close
+    each one; a thread per in-flight request, up to 32."""
+    import http.client
+    import threading
+
+    total = max(10, int(rate * seconds))
+    start = time.perf_counter() + 0.2
+    latencies: list[float] = []
+    bad = [0]
+    lock = threading.Lock()
+    next_i = [0]
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = next_i[0]
+                next_i[0] += 1
+            if i >= total:
+                return
+            due = start + i / rate
+            time.sleep(max(0.0, due - time.perf_counter()))
+            payload = body.replace("{n}", f"paced-{os.getpid()}-{_runs}-{i}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("POST", path, body=payload.encode(),
+                             headers={"Content-Type": "application/json", "Authorization": auth})
+                resp = conn.getresponse()
+                resp.read()
+                conn.close()
+                ok = 200 <= resp.status < 300
+            except OSError:
+                ok = False
+            with lock:
+                latencies.append((time.perf_counter() - due) * 1000)
+                bad[0] += 0 if ok else 1
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds + 60)
+    from bench.common import percentile
+
+    elapsed = max(latencies) / 1000 + total / rate if latencies else seconds
+    return {"rps": total / elapsed, "p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
+            "bad": float(bad[0]), "errors": 0.0}
 
 
 def _ms(text: str) -> float:
@@ -130,8 +175,7 @@ def main() -> None:
     endpoints = args.endpoints.split(",")
 
     from app.devserver import free_port, start_private_redis
-    from bench.common import (Figure, machine, median_spread, paired, percentile, scratch_database, stop, today,
-                              verdict, write_summary)
+    from bench.common import Figure, machine, median_spread, paired, scratch_database, stop, today, verdict, write_summary
 
     redis_proc, redis_url = start_private_redis()
     tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
@@ -169,10 +213,8 @@ def main() -> None:
                     bad += run["bad"] + run["errors"]
                 print(" ".join(f"{k} {v[-1]:.0f}/s" for k, v in sat.items()), flush=True)
             for e in endpoints:
-                half = statistics_median(sat[e]) / 2
-                # Each connection waits so that all of them together send about `half` a second.
-                delay = max(1, int(CONNECTIONS / half * 1000))
-                run = wrk(api_url, ENDPOINTS[e][0], ENDPOINTS[e][1], auth, max(args.seconds, 5) * 1.5, tmp, delay)
+                half = statistics.median(sat[e]) / 2
+                run = paced_run(api_port, ENDPOINTS[e][0], ENDPOINTS[e][1], auth, half, max(args.seconds, 5) * 1.5)
                 bad += run["bad"] + run["errors"]
                 paced[e] = run | {"target_rps": half}
                 print(f"{e} paced at {run['rps']:.0f}/s (aim {half:.0f}/s): p50 {run['p50']:.1f} ms, "
@@ -217,14 +259,7 @@ def main() -> None:
                    "p99 < 50 ms", ok_p99),
         ]
     print("\n".join(lines))
-    _ = percentile
     write_summary(args.summary, figures)
-
-
-def statistics_median(values: list[float]) -> float:
-    import statistics
-
-    return statistics.median(values)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,16 @@ and a message id submitted twice at the same moment answered as a duplicate (nev
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from app.db import session_scope
 from app.models.auth import ApiKey
 from app.models.base import utcnow
 from app.models.messages import Message
+from app.models.outbox import OutboxEvent
 from app.models.schedules import Campaign, CampaignRecipient
 from app.models.voice import VoiceTask
 from app.services import schedules as svc
@@ -103,3 +105,37 @@ def test_the_same_message_id_submitted_at_once_is_one_message_and_duplicates(api
         assert sorted(answers) == [(202, False)] + [(202, True)] * 5, answers
         with session_scope() as session:
             assert session.scalar(select(func.count()).select_from(Message).where(Message.id == message_id)) == 1
+            assert session.scalar(select(func.count()).select_from(OutboxEvent).where(
+                OutboxEvent.aggregate_id == message_id)) == 1
+            # No relay runs here: leave no pending event for a later test's relay to publish.
+            session.execute(delete(OutboxEvent).where(OutboxEvent.aggregate_id == message_id))
+
+
+def test_a_pooled_connection_is_pinged_only_after_sitting_idle_and_replaced_if_dead(pg_database) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import create_engine, text
+
+    from app.db import make_engine
+    from app.settings import get_settings
+
+    engine = make_engine(get_settings().model_copy(update={"database_ping_after_idle": 0.3}))
+    pings = []
+    real_ping = engine.dialect.do_ping
+    engine.dialect.do_ping = lambda conn: pings.append(1) or real_ping(conn)  # type: ignore[method-assign]
+    admin = create_engine(get_settings().database_url)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("select pg_backend_pid()")).scalar()
+        with engine.connect() as conn:  # back moments ago: used as is
+            assert conn.execute(text("select pg_backend_pid()")).scalar() == pid
+        assert pings == []
+        with admin.connect() as other:  # the server drops it while it sits in the pool
+            other.execute(text("select pg_terminate_backend(:pid)"), {"pid": pid})
+            other.commit()
+        time.sleep(0.5)
+        with engine.connect() as conn:  # idle: pinged, found dead, replaced before use
+            assert conn.execute(text("select 1")).scalar() == 1
+            assert conn.execute(text("select pg_backend_pid()")).scalar() != pid
+        assert len(pings) == 1
+    finally:
+        engine.dispose()
+        admin.dispose()
