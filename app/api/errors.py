@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask, jsonify
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,16 @@ def register_error_handlers(app: Flask) -> None:
         resp = error_response(exc.code or 500, _code_for(exc), exc.description or exc.name)
         if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             resp.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return resp
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def _database_unavailable(exc: Exception):  # type: ignore[no-untyped-def]
+        # The database went away (a restart, a failover): nothing was accepted, and the
+        # client is told to try again rather than handed a bare 500.
+        logger.warning("database unavailable", extra={"error": str(exc)[:200]})
+        resp = error_response(503, "database_unavailable", "the database is not reachable; try again shortly")
+        resp.headers["Retry-After"] = "5"
         return resp
 
     @app.errorhandler(Exception)

@@ -106,3 +106,16 @@ def test_health_is_503_when_a_required_dependency_is_down(pg_database) -> None: 
         assert {"redis", "broker"} <= down and "database" not in down
     finally:
         create_app(good)
+
+
+def test_an_unreachable_database_is_a_json_503_with_retry_after(pg_database) -> None:  # type: ignore[no-untyped-def]
+    good = get_settings()
+    # Nothing listens on port 1: every connection attempt fails at once.
+    bad = good.model_copy(update={"database_url": "postgresql+psycopg://postgres@127.0.0.1:1/none"})
+    try:
+        resp = create_app(bad).test_client().get("/api/scans/x", headers={"Authorization": "Bearer ak_any"})
+        assert resp.status_code == 503, resp.get_data(as_text=True)
+        assert resp.get_json()["error"]["code"] == "database_unavailable"
+        assert resp.headers["Retry-After"] == "5"
+    finally:
+        create_app(good)
