@@ -10,8 +10,9 @@ and writes its headline figures (value, baseline, paired ratio with its spread,
 target, met or not). This runner collects them into the table between the
 ``<!-- bench:start -->`` / ``<!-- bench:end -->`` markers of docs/performance.md, with
 the machine and the date; each benchmark's full table goes into the same section.
-``--quick`` runs every benchmark at smoke sizes (a few minutes at most); its figures
-are for checking that everything runs, not for the record.
+``--quick`` runs every benchmark at smoke sizes, two at a time (under 3 minutes); its
+figures are for checking that everything runs, not for the record. A full run takes
+one benchmark at a time.
 
 Unattended: no prompts, every benchmark has a deadline, a failed benchmark is tried
 once more and then becomes a row saying so (and the exit status is 1) instead of
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import Figure, machine, read_summary, replace_section, today
@@ -35,16 +37,16 @@ DOC = ROOT / "docs" / "performance.md"
 #: name → (what it measures, full-run arguments, quick-run arguments, deadline in seconds). Quick runs
 #: pass smaller sizes explicitly (a benchmark's own --quick would override them).
 BENCHMARKS: dict[str, tuple[str, list[str], list[str], int]] = {
-    "overhead": ("task overhead (cross-cutting)", [], ["--tasks", "400", "--repeat", "3"], 600),
-    "fanout": ("bulk fan-out (cross-cutting)", [], ["--recipients", "2000", "--repeat", "2"], 900),
-    "api": ("API submit endpoints (cross-cutting)", [], ["--seconds", "3", "--repeat", "2", "--endpoints", "voice"], 900),
-    "beat": ("beat precision (cross-cutting)", [], ["--seconds", "15"], 600),
-    "memory": ("worker memory (cross-cutting)", [], ["--tasks", "200"], 900),
-    "outbox": ("outbox family", [], ["--events", "500", "--repeat", "2", "--messages", "40"], 900),
-    "files": ("files family", [], ["--mib", "20", "--repeat", "2"], 900),
-    "voice": ("voice family", [], ["--clips", "20", "--asr-clips", "2", "--repeat", "2"], 1200),
-    "ocr": ("OCR family", [], ["--pages", "2", "--repeat", "2", "--skip-accuracy"], 1800),
-    "scans": ("scans family", [], ["--repeat", "3", "--scans", "4"], 1200),
+    "overhead": ("task overhead (cross-cutting)", [], ["--tasks", "300", "--repeat", "2"], 600),
+    "fanout": ("bulk fan-out (cross-cutting)", [], ["--recipients", "1000", "--repeat", "2"], 900),
+    "api": ("API submit endpoints (cross-cutting)", [], ["--seconds", "2", "--repeat", "2", "--endpoints", "voice"], 900),
+    "beat": ("beat precision (cross-cutting)", [], ["--seconds", "10"], 600),
+    "memory": ("worker memory (cross-cutting)", [], ["--tasks", "100"], 900),
+    "outbox": ("outbox family", [], ["--events", "300", "--repeat", "2", "--messages", "20"], 900),
+    "files": ("files family", [], ["--mib", "10", "--repeat", "2"], 900),
+    "voice": ("voice family", [], ["--clips", "15", "--asr-clips", "1", "--repeat", "2"], 1200),
+    "ocr": ("OCR family", [], ["--pages", "1", "--repeat", "2", "--skip-accuracy"], 1800),
+    "scans": ("scans family", [], ["--repeat", "2", "--scans", "2"], 1200),
 }
 
 
@@ -115,11 +117,14 @@ def render(results: dict[str, tuple[list[Figure], str, float]], quick: bool, tot
 
 
 def main() -> None:
-    """Run the selected benchmarks one after another and write docs/performance.md."""
+    """Run the selected benchmarks (one at a time unless ``--jobs``) and write docs/performance.md."""
     parser = argparse.ArgumentParser(description="Run every benchmark; write docs/performance.md.")
     parser.add_argument("--quick", action="store_true", help="smoke sizes, a few minutes in all")
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing the doc")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="benchmarks run at the same time (default: 1; 2 with --quick, whose smoke figures "
+                        "are not for the record: on 2 cores the two lanes slow each other down)")
     parser.add_argument("--family-docs", action="store_true",
                         help="full runs also refresh each family's own table (docs/<family>.md)")
     args = parser.parse_args()
@@ -130,13 +135,19 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-run-"))
     start = time.monotonic()
-    results = {}
-    for name in names:
-        results[name] = run_one(name, args.quick, args.family_docs, tmp)
-        if results[name][0] and results[name][0][0].figure.endswith("did not finish"):
+
+    def run_with_retry(name: str) -> tuple[list[Figure], str, float]:
+        result = run_one(name, args.quick, args.family_docs, tmp)
+        if result[0] and result[0][0].figure.endswith("did not finish"):
             # Once more: on a shared machine a private server can be killed under a run.
             print(f"[bench] {name}: trying once more", flush=True)
-            results[name] = run_one(name, args.quick, args.family_docs, tmp)
+            result = run_one(name, args.quick, args.family_docs, tmp)
+        return result
+
+    jobs = args.jobs or (2 if args.quick else 1)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        outcomes = dict(zip(names, pool.map(run_with_retry, names)))
+    results = {name: outcomes[name] for name in names}
     section = render(results, args.quick, time.monotonic() - start)
     if args.no_write:
         print(section)

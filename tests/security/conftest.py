@@ -63,6 +63,20 @@ class Served:
         return {"Authorization": f"Bearer {self.worker_token}"}
 
 
+def http_status(url: str, headers: dict[str, str] | None = None) -> int:
+    """The HTTP status of a GET (0 when nothing answers): for servers outside the API."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0
+
+
 def _pg_admin_ok() -> bool:
     try:
         engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})

@@ -17,28 +17,16 @@ import os
 import secrets
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import requests
 
 from tests.conftest import _TMP, PG_URL
 from tests.fixtures.services import wait_for
-from tests.security.conftest import ROOT, free_port, start_api, stop_api
+from tests.security.conftest import ROOT, free_port, http_status, start_api, stop_api
 
 
 def _secret(name: str) -> str:
     return f"{name}-{secrets.token_hex(10)}"
-
-
-def _status(url: str, headers: dict[str, str] | None = None) -> int:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0
 
 
 def test_no_secret_appears_in_any_log_of_a_full_run(pg_database, redis_client, start_worker,  # type: ignore[no-untyped-def]
@@ -108,10 +96,10 @@ def test_no_secret_appears_in_any_log_of_a_full_run(pg_database, redis_client, s
                              allow_redirects=False).status_code == 303
         # Flower, with and without its password.
         flower_base = f"http://127.0.0.1:{flower_port}"
-        wait_for(lambda: _status(flower_base + "/healthcheck") != 0, timeout=60, interval=0.3, message="Flower")
+        wait_for(lambda: http_status(flower_base + "/healthcheck") != 0, timeout=60, interval=0.3, message="Flower")
         good = "Basic " + base64.b64encode(f"ops:{values['FLOWER_PASSWORD']}".encode()).decode()
-        assert _status(flower_base + "/api/workers") == 401
-        assert _status(flower_base + "/api/workers", {"Authorization": good}) == 200
+        assert http_status(flower_base + "/api/workers") == 401
+        assert http_status(flower_base + "/api/workers", {"Authorization": good}) == 200
     finally:
         stop_api(proc)
         flower.terminate()

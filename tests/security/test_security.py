@@ -26,7 +26,7 @@ from app.db import session_scope
 from app.models import Base
 from app.settings import get_settings
 from tests.fixtures.services import wait_for
-from tests.security.conftest import ROOT, free_port
+from tests.security.conftest import ROOT, free_port, http_status
 
 
 def _rows_containing(needle: str) -> list[str]:
@@ -209,19 +209,6 @@ def test_metrics_require_the_metrics_token_when_one_is_set(pg_database) -> None:
     assert ok.status_code == 200 and b"# HELP" in ok.data
 
 
-def _http(url: str, headers: dict[str, str] | None = None) -> int:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0
-
-
 def test_flower_refuses_requests_without_its_basic_auth(redis_client) -> None:  # type: ignore[no-untyped-def]
     """Flower started as the units and the dev stack start it (``--basic-auth``)."""
     unit = (ROOT / "deploy" / "systemd" / "app-flower.service").read_text()
@@ -234,13 +221,13 @@ def test_flower_refuses_requests_without_its_basic_auth(redis_client) -> None:  
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _http(base + "/healthcheck") != 0, timeout=60, interval=0.3, message="Flower up")
+        wait_for(lambda: http_status(base + "/healthcheck") != 0, timeout=60, interval=0.3, message="Flower up")
         good = "Basic " + base64.b64encode(f"ops:{password}".encode()).decode()
         bad = "Basic " + base64.b64encode(b"ops:wrong").decode()
         for path in ("/", "/workers", "/api/workers", "/api/tasks"):
-            assert _http(base + path) == 401, path
-            assert _http(base + path, {"Authorization": bad}) == 401, path
-        assert _http(base + "/api/workers", {"Authorization": good}) == 200
+            assert http_status(base + path) == 401, path
+            assert http_status(base + path, {"Authorization": bad}) == 401, path
+        assert http_status(base + "/api/workers", {"Authorization": good}) == 200
     finally:
         proc.terminate()
         try:
