@@ -14,13 +14,16 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import Settings, get_settings
 
 _engine: Engine | None = None
 _sessionmaker: sessionmaker[Session] | None = None
+
+#: The database could not be reached (a restart, a failover): worth a retry of the task.
+TRANSIENT_DB = (OperationalError, InterfaceError)
 
 
 def make_engine(settings: Settings) -> Engine:

@@ -15,10 +15,9 @@ import random
 from typing import Any
 
 from celery.utils.time import get_exponential_backoff_interval
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.celery_app import celery_app
-from app.db import session_scope
+from app.db import TRANSIENT_DB, session_scope
 from app.services.files import MergeBusy, TransientMergeError, merge_file
 from app.settings import get_settings
 from app.storage import get_storage
@@ -28,8 +27,6 @@ logger = logging.getLogger(__name__)
 
 #: Waits for a claim held by another delivery; each is at most one lease long.
 MAX_BUSY_RETRIES = 50
-#: Worth another try: the database could not be reached.
-TRANSIENT_DB = (OperationalError, InterfaceError)
 #: Retries after database errors (backoff of up to a minute each: several minutes in all).
 DB_MAX_RETRIES = 12
 

@@ -16,10 +16,9 @@ from typing import Any
 
 import requests
 from celery.utils.time import get_exponential_backoff_interval
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.celery_app import celery_app
-from app.db import session_scope
+from app.db import TRANSIENT_DB, session_scope
 from app.locks import redis_client
 from app.metrics import MESSAGES_ROUTED
 from app.services.channels import make_channels
@@ -31,8 +30,6 @@ logger = logging.getLogger(__name__)
 
 _http: requests.Session | None = None
 
-#: Worth another try: the database could not be reached.
-TRANSIENT_DB = (OperationalError, InterfaceError)
 #: Retries after database errors (backoff of up to a minute each: several minutes in all).
 DB_MAX_RETRIES = 12
 

@@ -18,10 +18,9 @@ from typing import Any
 import docker
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.celery_app import celery_app
-from app.db import session_scope
+from app.db import TRANSIENT_DB as TRANSIENT, session_scope
 from app.services.jobs import job_run
 from app.services.sandbox import SandboxConfig, docker_client
 from app.services.scans import ScanDeps, run_scan, sweep, worker_name
@@ -31,8 +30,6 @@ from app.tasks.base import ping_payload
 logger = logging.getLogger(__name__)
 
 _settings = get_settings()
-#: Worth another try: the database could not be reached.
-TRANSIENT = (OperationalError, InterfaceError)
 MAX_RETRIES = 5
 #: The container timeout plus room for Docker calls and the database: the backstop only.
 SOFT_TIME_LIMIT = int(_settings.scan_timeout + 4 * _settings.docker_timeout + 30)

@@ -15,10 +15,9 @@ from typing import Any
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.celery_app import celery_app
-from app.db import session_scope
+from app.db import TRANSIENT_DB, session_scope
 from app.services import voice_tasks
 from app.services.voice import AudioError, ScoringDeps, deps_from_settings, score_clip
 from app.services.voice_tasks import AudioFetchError, NotHolder, TaskNotFound
@@ -32,8 +31,6 @@ _deps: ScoringDeps | None = None
 _deps_lock = threading.Lock()
 _consumes_voice = True
 
-#: Worth another try: the database could not be reached.
-TRANSIENT_DB = (OperationalError, InterfaceError)
 #: Retries of a claim after database errors (backoff of up to a minute each: several minutes in all).
 DB_MAX_RETRIES = 12
 
