@@ -130,20 +130,27 @@ def _count_received(request: object = None, **_kwargs: object) -> None:
 
 @signals.task_prerun.connect
 def _mark_outbox_consumed(task_id: str | None = None, **_kwargs: object) -> None:
-    # A task published from the outbox records that a worker took it; an event nobody
-    # took is published again by the relay (app.services.outbox.redeliver_unconsumed).
+    mark_outbox_taken([task_id] if task_id else [])
+
+
+def mark_outbox_taken(task_ids: list[str]) -> None:
+    """Record that a worker took these tasks (those published from the outbox; one statement).
+
+    An event nobody took is published again by the relay
+    (app.services.outbox.redeliver_unconsumed).
+    """
     from app.services.outbox import event_id_for, mark_consumed
 
-    event_id = event_id_for(task_id)
-    if event_id is None:
+    event_ids = [e for e in map(event_id_for, task_ids) if e is not None]
+    if not event_ids:
         return
     try:
         from app.db import session_scope
 
         with session_scope() as session:
-            mark_consumed(session, event_id)
+            mark_consumed(session, event_ids)
     except Exception as exc:  # the task runs anyway; at worst the relay publishes it once more
-        logger.warning("could not record the outbox event as taken", extra={"event_id": event_id,
+        logger.warning("could not record the outbox event as taken", extra={"event_ids": event_ids[:20],
                                                                              "error": str(exc)[:200]})
 
 

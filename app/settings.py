@@ -349,6 +349,10 @@ class Settings(BaseSettings):
         "core; on a busy machine more threads than free cores slow recognition down sharply.",
     )
     voice_onnx_threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads per process.")
+    voice_blas_threads: int = Field(
+        1, ge=1, le=64, description="numpy BLAS threads per process that loads the voice models (the acoustic "
+        "features' matrix products).",
+    )
     voice_max_audio_bytes: int = Field(
         25 * 1024 * 1024, ge=1024, description="Largest audio file accepted, bytes (keep it under MAX_REQUEST_BYTES)."
     )
@@ -378,6 +382,11 @@ class Settings(BaseSettings):
     )
     voice_max_attempts: int = Field(
         3, ge=1, le=20, description="Claims of one voice task (expired leases and reported failures) before it fails."
+    )
+    voice_batch_max: int = Field(
+        16, ge=1, le=256, description="Most clips a voice pool process takes in one call when a backlog has "
+        "formed (1: always one at a time). Batches form only from messages the worker has reserved, so the "
+        "worker's prefetch (multiplier × concurrency) bounds them too.",
     )
     voice_sweep_interval: float = Field(30.0, gt=0, le=3600, description="Seconds between lease sweeps (beat).")
     voice_worker_token_days: int = Field(

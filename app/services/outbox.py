@@ -101,14 +101,13 @@ def event_id_for(task_id: str | None) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
-def mark_consumed(session: Session, event_id: int, now: datetime | None = None) -> bool:
-    """Record that a worker started the event's task; False when already recorded."""
-    done = session.execute(
-        update(OutboxEvent).where(OutboxEvent.id == event_id, OutboxEvent.consumed_at.is_(None))
+def mark_consumed(session: Session, event_ids: list[int], now: datetime | None = None) -> int:
+    """Record that a worker started the events' tasks; how many were not recorded before."""
+    return session.execute(
+        update(OutboxEvent).where(OutboxEvent.id.in_(event_ids), OutboxEvent.consumed_at.is_(None))
         .values(consumed_at=now or utcnow()),
         execution_options={"synchronize_session": False},
     ).rowcount
-    return done == 1
 
 
 def redeliver_unconsumed(session: Session, older_than: float, limit: int,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from app.services.voice_features import (
     CUES,
@@ -188,6 +189,10 @@ def deps_from_settings(settings: Settings, *, with_asr: bool = True) -> ScoringD
     if settings.voice_mock_mode:
         logger.warning("voice mock mode is on: results are random and marked mock")
         return ScoringDeps(model=None, asr=None, limits=limits, thresholds=thresholds, mock=True)
+    # numpy's BLAS (the mel filterbank product) starts a thread per core by default; a
+    # pool process per core scoring one clip at a time gains nothing from them, and their
+    # spinning takes CPU from the worker's other processes.
+    threadpool_limits(limits=settings.voice_blas_threads, user_api="blas")
     model = load_model(settings.voice_model_path, threads=settings.voice_onnx_threads)
     asr = load_asr(settings.voice_asr_model_path, settings.voice_asr_compute_type, settings.voice_asr_threads) \
         if with_asr else None

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import IO, Any
 
 import requests
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -108,29 +108,77 @@ def _transition(session: Session, task: VoiceTask, expect: tuple[str, ...], hold
 
 
 def claim(session: Session, task_id: str, holder: str, lease_seconds: float,
-          now: datetime | None = None, *, processing: bool = False) -> VoiceTask | None:
+          now: datetime | None = None) -> VoiceTask | None:
     """pending → claimed by ``holder``; ``None`` when someone else got there first.
 
     One conditional ``UPDATE … RETURNING``: the check and the claim are a single
-    statement, so there is no read before it. ``processing=True`` claims straight into
-    ``processing`` (the Celery path starts scoring at once; no second update needed).
+    statement, so there is no read before it.
     """
-    now = now or utcnow()
     stmt = (update(VoiceTask).where(VoiceTask.id == task_id, VoiceTask.status == "pending")
-            .values(status="processing" if processing else "claimed", claimed_by=holder, claimed_at=now,
-                    lease_until=now + timedelta(seconds=lease_seconds), attempts=VoiceTask.attempts + 1,
-                    version=VoiceTask.version + 1, updated_at=utcnow())
-            .returning(VoiceTask))
+            .values(_claimed("claimed", holder, lease_seconds, now or utcnow())).returning(VoiceTask))
     task = _returned(session, stmt)
     if task is None and session.get(VoiceTask, task_id, populate_existing=True) is None:
         raise TaskNotFound(task_id)
     return task
 
 
+def _claimed(status: str, holder: str, lease_seconds: float, now: datetime) -> dict[str, Any]:
+    # The values of a claim: one more attempt, held by ``holder`` until the lease ends.
+    return {"status": status, "claimed_by": holder, "claimed_at": now,
+            "lease_until": now + timedelta(seconds=lease_seconds), "attempts": VoiceTask.attempts + 1,
+            "version": VoiceTask.version + 1, "updated_at": now}
+
+
 def _returned(session: Session, stmt: Any) -> VoiceTask | None:
     # The row as the UPDATE left it, replacing whatever this session held for it.
     return session.scalars(stmt, execution_options={"synchronize_session": False,
                                                     "populate_existing": True}).one_or_none()
+
+
+def claim_many(session: Session, task_ids: list[str], holder: str, lease_seconds: float,
+               now: datetime | None = None) -> dict[str, Claimed]:
+    """pending → processing by ``holder`` for each of ``task_ids`` still pending, in one statement.
+
+    What scoring needs of each task claimed, by id; an id missing from the answer was
+    not pending (someone else holds it, it is finished, or it does not exist:
+    ``statuses`` tells which).
+    """
+    stmt = (update(VoiceTask).where(VoiceTask.id.in_(task_ids), VoiceTask.status == "pending")
+            .values(_claimed("processing", holder, lease_seconds, now or utcnow()))
+            .returning(VoiceTask.id, VoiceTask.audio_key, VoiceTask.audio_url, VoiceTask.transcript))
+    rows = session.execute(stmt, execution_options={"synchronize_session": False})
+    return {row.id: Claimed(row.audio_key, row.audio_url, row.transcript) for row in rows}
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """The inputs of a claimed task."""
+
+    audio_key: str | None
+    audio_url: str | None
+    transcript: str | None
+
+
+def statuses(session: Session, task_ids: list[str]) -> dict[str, str]:
+    """Current status by id (ids that do not exist are left out)."""
+    if not task_ids:
+        return {}
+    rows = session.execute(select(VoiceTask.id, VoiceTask.status).where(VoiceTask.id.in_(task_ids)))
+    return {row.id: row.status for row in rows}
+
+
+def renew_leases(session: Session, task_ids: list[str], holder: str, lease_seconds: float,
+                 now: datetime | None = None) -> int:
+    """Push out the leases of tasks ``holder`` still holds; how many it still holds."""
+    if not task_ids:
+        return 0
+    now = now or utcnow()
+    return session.execute(
+        update(VoiceTask).where(VoiceTask.id.in_(task_ids), VoiceTask.status.in_(HELD),
+                                VoiceTask.claimed_by == holder)
+        .values(lease_until=now + timedelta(seconds=lease_seconds), updated_at=now),
+        execution_options={"synchronize_session": False},
+    ).rowcount
 
 
 def claim_next(session: Session, holder: str, targets: list[str], lease_seconds: float,
@@ -173,6 +221,16 @@ def start(session: Session, task_id: str, holder: str, lease_seconds: float,
     return task
 
 
+def _complete_stmt(task_id: Any, holder: Any, result: Any, now: datetime) -> Any:
+    # Plain values, or bind parameters for an executemany. (Statuses compared one by one:
+    # an IN list would be expanded per execution, which executemany cannot do.)
+    return (update(VoiceTask)
+            .where(VoiceTask.id == task_id, or_(*(VoiceTask.status == s for s in HELD)),
+                   VoiceTask.claimed_by == holder)
+            .values(status="completed", result=result, error=None, lease_until=None, finished_at=now,
+                    version=VoiceTask.version + 1, updated_at=now))
+
+
 def complete(session: Session, task_id: str, holder: str, result: dict[str, Any],
              now: datetime | None = None) -> VoiceTask:
     """Record the result of a held task; ``NotHolder`` if the lease was lost.
@@ -180,19 +238,31 @@ def complete(session: Session, task_id: str, holder: str, result: dict[str, Any]
     One conditional ``UPDATE … RETURNING`` on (status held, holder): no read first; the
     row is read only when the update matched nothing, to say why.
     """
-    now = now or utcnow()
-    stmt = (update(VoiceTask).where(VoiceTask.id == task_id, VoiceTask.status.in_(HELD),
-                                    VoiceTask.claimed_by == holder)
-            .values(status="completed", result=result, error=None, lease_until=None, finished_at=now,
-                    version=VoiceTask.version + 1, updated_at=utcnow())
-            .returning(VoiceTask))
-    task = _returned(session, stmt)
+    task = _returned(session, _complete_stmt(task_id, holder, result, now or utcnow()).returning(VoiceTask))
     if task is None:
         current = session.get(VoiceTask, task_id, populate_existing=True)
-        if current is None:
-            raise TaskNotFound(task_id)
-        raise NotHolder(current)
+        raise TaskNotFound(task_id) if current is None else NotHolder(current)
     return task
+
+
+def record_results(session: Session, holder: str, results: list[tuple[str, dict[str, Any]]],
+                   now: datetime | None = None) -> dict[str, str]:
+    """``complete`` for several held tasks in one statement (executed once per row, sent at
+    once); the tasks whose lease was lost, with their status now."""
+    if not results:
+        return {}
+    stmt = _complete_stmt(bindparam("b_id"), bindparam("b_holder"),
+                          bindparam("b_result", type_=VoiceTask.result.type), now or utcnow())
+    done = session.connection().execute(
+        stmt, [{"b_id": task_id, "b_holder": holder, "b_result": result} for task_id, result in results]).rowcount
+    if done == len(results):
+        return {}
+    # Some lease ran out (rare): the rows say which.
+    ids = [task_id for task_id, _ in results]
+    rows = session.execute(select(VoiceTask.id, VoiceTask.status, VoiceTask.claimed_by).where(VoiceTask.id.in_(ids)))
+    found = {row.id: (row.status, row.claimed_by) for row in rows}
+    return {task_id: found.get(task_id, ("missing", None))[0] for task_id in ids
+            if found.get(task_id) != ("completed", holder)}
 
 
 def fail(session: Session, task_id: str, holder: str, reason: str, *, retryable: bool, max_attempts: int,
@@ -268,8 +338,16 @@ def read_audio(audio_key: str | None, audio_url: str | None, open_key: Any, *, t
 
 
 def _read_capped(stream: IO[bytes], max_bytes: int) -> bytes:
-    # One byte past the limit is enough for the decoder to report the size.
-    return stream.read(max_bytes + 1)
+    # One byte past the limit is enough for the decoder to report the size. Read in
+    # chunks: a single read(max_bytes + 1) allocates the whole limit for every clip.
+    chunks, size = [], 0
+    while size <= max_bytes:
+        chunk = stream.read(min(1 << 20, max_bytes + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def fetch_url(url: str, *, timeout: float, max_bytes: int, http: requests.Session | None = None,

@@ -243,6 +243,7 @@ class Stack:
     logs: Path
     queues: tuple[str, ...]
     concurrency: dict[str, int]
+    prefetch: dict[str, str] = field(default_factory=dict)
     api_port: int = field(default_factory=free_port)
     workers: dict[str, Proc] = field(default_factory=dict)
     api: Proc | None = None
@@ -268,7 +269,9 @@ class Stack:
         for queue in self.queues:
             worker = Proc(queue, [py, "-m", "celery", "-A", "app", "worker", "-Q", queue, "-n", f"{queue}@chaos",
                                   "-P", "prefork", "-c", str(self.concurrency.get(queue, 1)), "--loglevel", "INFO",
-                                  "--without-mingle", "--without-gossip"], self.worker_log(queue))
+                                  "--without-mingle", "--without-gossip",
+                                  *(["--prefetch-multiplier", self.prefetch[queue]] if queue in self.prefetch else [])],
+                          self.worker_log(queue))
             worker.start(self.env)
             self.workers[queue] = worker
         self.beat = Proc("beat", [py, "-m", "celery", "-A", "app", "beat", "--loglevel", "INFO",

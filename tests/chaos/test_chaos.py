@@ -32,6 +32,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
+from bench.common import deploy_env
 from tests.chaos import report
 from tests.chaos.load import Client, Item, build_mix, submit
 from tests.chaos.outcomes import FAMILIES, ContainerCounter, all_terminal, outbox_trail, tally
@@ -177,7 +178,10 @@ def test_mixed_load_survives_chaos(private_services, channel_server, scan_sites,
     token = _api_key(pg.url)
     ocr_image, clips = _ocr_image(), _clips()
 
-    stack = Stack(env=env, logs=logs, queues=QUEUES, concurrency=CONCURRENCY)
+    # The voice worker reserves as many messages as deployed, so its backlogs are scored in
+    # batches (app.tasks.batching) under the kills and outages too.
+    stack = Stack(env=env, logs=logs, queues=QUEUES, concurrency=CONCURRENCY,
+                  prefetch={"voice": deploy_env("voice")["WORKER_PREFETCH_MULTIPLIER"]})
     counter = ContainerCounter(lambda: docker.from_env(timeout=30), LABEL, JOB_LABEL)
     timeline: dict[str, float] = {}
     try:

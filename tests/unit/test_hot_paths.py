@@ -1,4 +1,5 @@
-"""The hot paths made faster keep their guarantees: the voice claim in one statement,
+"""The hot paths made faster keep their guarantees: voice claims and results for several
+tasks in one statement each,
 campaign batches assigned in one statement, API key use recorded at most once a minute,
 and a message id submitted twice at the same moment answered as a duplicate (never a 500)."""
 
@@ -22,22 +23,34 @@ from app.services import voice_tasks
 from app.services.auth import create_api_key, verify_api_key
 
 
-def test_voice_claim_straight_into_processing_then_complete_without_a_read(pg_database) -> None:  # type: ignore[no-untyped-def]
-    task_id = voice_tasks.new_task_id()
+def test_voice_claim_of_several_in_one_statement_then_results_recorded_together(pg_database) -> None:  # type: ignore[no-untyped-def]
+    ids = [voice_tasks.new_task_id() for _ in range(4)]
     with session_scope() as session:
-        voice_tasks.create_task(session, task_id=task_id, target="remote", transcript="hello")
+        for task_id in ids:
+            voice_tasks.create_task(session, task_id=task_id, target="remote", transcript="hello")
+        session.execute(update(VoiceTask).where(VoiceTask.id == ids[3]).values(status="completed"))
     with session_scope() as session:
-        task = voice_tasks.claim(session, task_id, "celery:w1", 60, processing=True)
-        assert task is not None and task.status == "processing" and task.attempts == 1 and task.version == 1
-    with session_scope() as session:  # a second claimant finds it taken
-        assert voice_tasks.claim(session, task_id, "celery:w2", 60, processing=True) is None
+        claimed = voice_tasks.claim_many(session, [*ids, "nope"], "celery:w1", 60)
+        assert sorted(claimed) == sorted(ids[:3]) and claimed[ids[0]].transcript == "hello"
+        assert voice_tasks.statuses(session, [ids[3], "nope"]) == {ids[3]: "completed"}
+    with session_scope() as session:  # a second claimant finds them taken
+        assert voice_tasks.claim_many(session, ids, "celery:w2", 60) == {}
+    with session_scope() as session:  # ids[2]'s lease ran out and someone else holds it now
+        session.execute(update(VoiceTask).where(VoiceTask.id == ids[2]).values(claimed_by="remote:x"))
     with session_scope() as session:
-        done = voice_tasks.complete(session, task_id, "celery:w1", {"scam_score": 0.2})
-        assert done.status == "completed" and done.version == 2 and done.lease_until is None
+        before = utcnow()
+        assert voice_tasks.renew_leases(session, ids[:3], "celery:w1", 600) == 2
     with session_scope() as session:
-        row = session.get(VoiceTask, task_id)
-        assert row is not None and row.status == "completed" and row.result == {"scam_score": 0.2}
-        assert row.claimed_by == "celery:w1" and row.attempts == 1
+        lost = voice_tasks.record_results(session, "celery:w1", [(t, {"scam_score": n / 10}) for n, t in enumerate(ids[:3])])
+        assert lost == {ids[2]: "processing"}
+    with session_scope() as session:
+        rows = {t.id: t for t in session.scalars(select(VoiceTask).where(VoiceTask.id.in_(ids)))}
+    for n, task_id in enumerate(ids[:2]):
+        row = rows[task_id]
+        assert row.status == "completed" and row.result == {"scam_score": n / 10} and row.lease_until is None
+        assert row.claimed_by == "celery:w1" and row.attempts == 1 and row.version == 2
+    assert rows[ids[2]].status == "processing" and rows[ids[2]].result is None
+    assert rows[ids[2]].lease_until is not None and rows[ids[2]].lease_until < before + timedelta(seconds=120)
 
 
 def test_campaign_batches_are_assigned_in_id_order_by_one_statement(pg_database) -> None:  # type: ignore[no-untyped-def]

@@ -24,7 +24,7 @@ def _published(session: Session, n: int) -> list[OutboxEvent]:  # noqa: F811
 
 def test_an_event_nobody_took_is_made_due_again_and_a_taken_one_is_not(session: Session) -> None:  # noqa: F811
     lost, taken, recent = _published(session, 3)
-    assert mark_consumed(session, taken.id) and not mark_consumed(session, taken.id)
+    assert mark_consumed(session, [taken.id]) == 1 and mark_consumed(session, [taken.id]) == 0
     session.commit()
     later = utcnow() + timedelta(seconds=60)
     # Not yet: nothing is older than the threshold.

@@ -151,3 +151,16 @@ def test_worker_tokens_are_jwts_whose_hash_is_stored_and_revocable(pg_database) 
         workers.revoke_worker(session, worker.id)
     with session_scope() as session, pytest.raises(workers.TokenRejected, match="revoked"):
         workers.authenticate(session, token, KEY)
+
+
+def test_audio_is_read_whole_up_to_one_byte_past_the_limit() -> None:
+    import contextlib
+    import io
+
+    def opener(data: bytes):  # type: ignore[no-untyped-def]
+        return lambda _key: contextlib.nullcontext(io.BytesIO(data))
+
+    small, big = bytes(range(256)) * 1000, b"x" * (3 << 20)
+    assert voice_tasks.read_audio("k", None, opener(small), timeout=1, max_bytes=1 << 20) == small
+    assert len(voice_tasks.read_audio("k", None, opener(big), timeout=1, max_bytes=(1 << 20) + 5)) == (1 << 20) + 6
+    assert voice_tasks.read_audio(None, None, opener(small), timeout=1, max_bytes=10) is None
