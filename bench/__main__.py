@@ -44,7 +44,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], int]] = {
     "memory": ("worker memory (cross-cutting)", [], ["--tasks", "100"], 900),
     "outbox": ("outbox family", [], ["--events", "300", "--repeat", "2", "--messages", "20"], 900),
     "files": ("files family", [], ["--mib", "10", "--repeat", "2"], 900),
-    "voice": ("voice family", [], ["--clips", "15", "--asr-clips", "1", "--repeat", "2"], 1200),
+    "voice": ("voice family", [], ["--clips", "40", "--asr-clips", "1", "--repeat", "2"], 1200),
     "ocr": ("OCR family", [], ["--pages", "1", "--repeat", "2", "--skip-accuracy"], 1800),
     "scans": ("scans family", [], ["--repeat", "2", "--scans", "2"], 1200),
 }
