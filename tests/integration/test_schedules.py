@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -102,7 +104,25 @@ def _start_beat(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
 
+def _sends(log: Path) -> dict[str, list[datetime]]:
+    """When a beat sent each job, from its log ("Scheduler: Sending due task <job> (...)")."""
+    sends: dict[str, list[datetime]] = defaultdict(list)
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        match = re.match(r"Scheduler: Sending due task (\S+) ", str(record.get("message", "")))
+        if match:
+            sends[match[1]].append(datetime.fromisoformat(record["timestamp"]))
+    return sends
+
+
 def test_two_beats_run_each_job_once_per_slot_and_fail_over(start_worker, redis_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # What is checked where: the beats' own logs say when each job was sent, and by whom
+    # (exact, whatever the load); the job_runs rows say what the worker did with it. A
+    # worker that falls behind starts runs late, and a send older than its slot expires
+    # unrun; so run times are not compared with slots, only counted against sends.
     env_over = {
         "CAMPAIGN_INTERVAL": str(SLOT), "LEAD_REMINDER_INTERVAL": str(SLOT), "CALL_SCHEDULER_INTERVAL": str(SLOT),
         "TRIAL_EXPIRATION_INTERVAL": str(SLOT), "CALL_CLEANUP_INTERVAL": str(SLOT),
@@ -114,16 +134,16 @@ def test_two_beats_run_each_job_once_per_slot_and_fail_over(start_worker, redis_
     env = worker.env
     logs = [tmp_path / "beat-a.log", tmp_path / "beat-b.log"]
     beats: list[subprocess.Popen[bytes]] = []
+    t0 = datetime.now(UTC)
     try:
         beats.append(_start_beat(env, logs[0]))
         wait_for(lambda: b"Acquired lock" in logs[0].read_bytes(), timeout=30, message="beat A active")
         beats.append(_start_beat(env, logs[1]))
-        t0 = datetime.now(UTC)
         time.sleep(10 * SLOT + 4)  # margin for a loaded machine: at least 10 slots must fit
+        sends_a = _sends(logs[0])
         for job in JOBS:
-            runs = _runs(job, t0)
-            assert len(runs) >= 10, (job, runs)
-        assert b"Acquired lock" not in logs[1].read_bytes()  # B is standing by
+            assert len(sends_a[job]) >= 10, (job, sends_a[job])
+        assert b"Acquired lock" not in logs[1].read_bytes() and not _sends(logs[1])  # B is standing by
 
         # The active beat dies without releasing its lock; B takes over once it expires.
         killed_at = time.monotonic()
@@ -131,23 +151,39 @@ def test_two_beats_run_each_job_once_per_slot_and_fail_over(start_worker, redis_
         beats[0].wait(10)
         wait_for(lambda: b"Acquired lock" in logs[1].read_bytes(), timeout=15, message="beat B takes over")
         takeover = time.monotonic() - killed_at
-        assert takeover <= 4 + 3, takeover  # the lock timeout plus a few loops
+        assert takeover <= 4 + 5, takeover  # the lock timeout plus a few loops (and a loaded machine)
         time.sleep(5 * SLOT)
-
-        for job in JOBS:
-            runs = _runs(job, t0)
-            assert {r.outcome for r in runs} == {"ok"}, (job, runs)
-            gaps = [(b.started_at - a.started_at).total_seconds() for a, b in zip(runs, runs[1:])]
-            # Two beats sending the same slot would put two runs a few milliseconds apart.
-            assert min(gaps) >= SLOT * 0.5, (job, gaps)
-            # No slot lost except around the takeover (at most the lock timeout plus a slot).
-            assert max(gaps) <= 4 + 2 * SLOT + 1, (job, gaps)
-            assert len(runs) >= 13, (job, len(runs))
     finally:
         for proc in beats:
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(15)
+    sends_a, sends_b = _sends(logs[0]), _sends(logs[1])  # complete: both beats have stopped
+
+    for job in JOBS:
+        assert len(sends_b[job]) >= 2, (job, sends_b[job])  # B carried on with every job
+        assert max(sends_a[job]) < min(sends_b[job])  # never both at once
+        sent = sorted(sends_a[job] + sends_b[job])
+        gaps = [(b - a).total_seconds() for a, b in zip(sent, sent[1:])]
+        # Once per slot: a beat's loop is 0.5 s, so a slot's send can come up to half a
+        # second late and the next on time; two beats sending one slot would be milliseconds apart.
+        assert min(gaps) >= SLOT - 0.5 - 0.2, (job, gaps)
+        # No slot lost but around the takeover (B sends what fell due at once).
+        assert max(gaps) <= takeover + SLOT + 2, (job, gaps, takeover)
+
+    # The worker ran what was sent, each once, and every run succeeded (a run that found the
+    # previous one of its job still going is skipped and counted, never run twice).
+    def settled() -> bool:
+        return all(r.outcome != "running" for job in JOBS for r in _runs(job, t0))
+
+    wait_for(settled, timeout=30, message="the last runs finished")
+    for job in JOBS:
+        runs = _runs(job, t0)
+        outcomes = Counter(r.outcome for r in runs)
+        n_sent = len(sends_a[job]) + len(sends_b[job])
+        assert set(outcomes) <= {"ok", "skipped"}, (job, runs)
+        assert len(runs) <= n_sent, (job, len(runs), n_sent)  # no run without its send
+        assert outcomes["ok"] >= 0.75 * n_sent and outcomes["ok"] >= 10, (job, outcomes, n_sent)
 
     # The status API reports the same: last run, next run, totals.
     from app.api import create_app
@@ -162,8 +198,11 @@ def test_two_beats_run_each_job_once_per_slot_and_fail_over(start_worker, redis_
     by_job = {j["job"]: j for j in body["jobs"]}
     assert set(by_job) == set(JOBS)
     for job in JOBS:
-        assert by_job[job]["last_run"]["outcome"] == "ok"
-        assert by_job[job]["totals"]["ok"] >= 13 and by_job[job]["totals"]["skipped"] == 0
+        runs = _runs(job, datetime(2000, 1, 1, tzinfo=UTC))  # all of them: the totals are all-time
+        assert by_job[job]["last_run"]["outcome"] == runs[-1].outcome
+        outcomes = Counter(r.outcome for r in runs)
+        assert {k: by_job[job]["totals"][k] for k in ("ok", "skipped", "failed")} == \
+            {k: outcomes[k] for k in ("ok", "skipped", "failed")}, (job, by_job[job]["totals"], outcomes)
         assert by_job[job]["next_run"] is not None
 
 

@@ -31,8 +31,9 @@ def _put(api, file_id: str, index: int, data: bytes, **headers):  # type: ignore
 
 def _events(file_id: str) -> list[OutboxEvent]:
     with session_scope() as session:
-        return list(session.scalars(select(OutboxEvent).where(OutboxEvent.aggregate_type == "file",
-                                                              OutboxEvent.aggregate_id == file_id)))
+        stmt = (select(OutboxEvent).where(OutboxEvent.aggregate_type == "file", OutboxEvent.aggregate_id == file_id)
+                .order_by(OutboxEvent.id))  # in the order written: a heap scan's order is not
+        return list(session.scalars(stmt))
 
 
 def test_create_plans_chunks_and_sanitizes_the_filename(api) -> None:  # type: ignore[no-untyped-def]

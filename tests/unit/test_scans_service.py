@@ -61,8 +61,9 @@ def _audit(job_id: str) -> list[tuple[str | None, str, int, str]]:
 
 def _events(job_id: str) -> list[OutboxEvent]:
     with session_scope() as session:
-        return list(session.scalars(select(OutboxEvent).where(OutboxEvent.aggregate_type == "scan",
-                                                              OutboxEvent.aggregate_id == job_id)))
+        stmt = (select(OutboxEvent).where(OutboxEvent.aggregate_type == "scan", OutboxEvent.aggregate_id == job_id)
+                .order_by(OutboxEvent.id))  # in the order written: a heap scan's order is not
+        return list(session.scalars(stmt))
 
 
 # --- transitions ----------------------------------------------------------------------------
@@ -270,20 +271,23 @@ def test_docker_unavailable_requeues_with_a_delay_then_fails(pg_database, tmp_pa
     deps = _deps("app-fetcher:any", docker_url=f"unix://{tmp_path}/no-docker.sock", docker_timeout=2)
     with session_scope() as session:
         job_id = submit_scan(session, "http://scan-target.invalid/").id
+    # Times are taken before each run, so a slow machine cannot eat into the backoff's margin.
+    before = utcnow()
     outcome = run_scan(deps, job_id)
     assert outcome.result == "requeued" and "Docker" in outcome.error
     events = _events(job_id)
     assert len(events) == 2 and events[-1].event_type == "scan.requeued"
-    assert events[-1].next_attempt_at > utcnow() + timedelta(seconds=3)  # not before the backoff
+    assert events[-1].next_attempt_at >= before + timedelta(seconds=5)  # not before the backoff
     with session_scope() as session:
         job = session.get(ScanJob, job_id)
         assert (job.state, job.attempts) == ("QUEUED", 1)
         # Past SCAN_MAX_ATTEMPTS a Docker outage still requeues: the daemon's outage has
         # its own, longer budget (SCAN_DOCKER_MAX_ATTEMPTS).
         session.execute(update(ScanJob).where(ScanJob.id == job_id).values(attempts=3))
+    before = utcnow()
     outcome = run_scan(deps, job_id)
     assert outcome.result == "requeued"
-    assert _events(job_id)[-1].next_attempt_at > utcnow() + timedelta(seconds=30)  # 5 × 2³ s
+    assert _events(job_id)[-1].next_attempt_at >= before + timedelta(seconds=40)  # 5 × 2³ s
     with session_scope() as session:
         # The last one: no more requeues.
         session.execute(update(ScanJob).where(ScanJob.id == job_id).values(attempts=7))
