@@ -162,7 +162,11 @@ def test_a_warm_shutdown_in_a_backlog_finishes_the_batch_and_leaves_the_rest_for
         started = time.monotonic()
         code = first.stop(timeout=60)  # SIGTERM: warm shutdown
     assert code == 0, first.log_tail()
-    assert time.monotonic() - started < 30, first.log_tail(60)
+    # Seconds when the batch in flight just finishes. Up to 30 s more when the SIGTERM lands
+    # as a batch is handed over: Celery drops that job from the pool's books at shutdown
+    # while the pool process still runs it, then waits billiard's 30 s for its result to be
+    # read (docs/voice.md, "Batches"). Both end the same way, checked below.
+    assert time.monotonic() - started < 45, first.log_tail(60)
     rows = _rows(ids)
     assert not [r.id for r in rows.values() if r.status == "processing"]  # nothing left half done
     left = [r.id for r in rows.values() if r.status == "pending"]
