@@ -59,7 +59,9 @@ def queue_for(app: Celery, task_name: str) -> str:
 
 
 def create_celery() -> Celery:
-    app = Celery("app")
+    # Every task retries through app.tasks.base.HandBackRetry: a retry the broker cannot
+    # take goes back to the outbox instead of being dropped.
+    app = Celery("app", task_cls="app.tasks.base:HandBackRetry")
     app.config_from_object("celeryconfig")
     app.conf.include = TASK_MODULES
     check_routes(app)

@@ -110,6 +110,26 @@ def mark_consumed(session: Session, event_ids: list[int], now: datetime | None =
     ).rowcount
 
 
+def hand_back(session: Session, event_id: int, delay: float, kwargs: dict[str, Any],
+              now: datetime | None = None) -> bool:
+    """Make a published event due again in ``delay`` seconds, its task to run with ``kwargs``.
+
+    For a task's retry the broker could not take (``app.tasks.base.HandBackRetry``): the
+    relay publishes the event again, with the same task id, once the broker answers. The
+    trace context stays. False when the event does not exist or is dead.
+    """
+    json.dumps(kwargs)
+    event = session.get(OutboxEvent, event_id, with_for_update=True)
+    if event is None or event.dead:
+        return False
+    trace = (event.payload or {}).get(TRACE_KEY)
+    event.payload = {**kwargs, TRACE_KEY: trace} if trace else dict(kwargs)
+    event.published_at = None
+    event.consumed_at = None
+    event.next_attempt_at = (now or utcnow()) + timedelta(seconds=max(0.0, delay))
+    return True
+
+
 def redeliver_unconsumed(session: Session, older_than: float, limit: int,
                          now: datetime | None = None) -> list[int]:
     """Make events published over ``older_than`` seconds ago whose task no worker started

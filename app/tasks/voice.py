@@ -25,7 +25,7 @@ from app.services.voice import AudioError, ScoringDeps, deps_from_settings, scor
 from app.services.voice_tasks import AudioFetchError, NotHolder
 from app.settings import Settings, get_settings
 from app.storage import Storage, StorageKeyNotFound, get_storage
-from app.tasks.base import ping_payload
+from app.tasks.base import HandBackRetry, ping_payload
 from app.tasks.batching import ALONE, DONE, BatchedTask, BatchItem
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def ping(self) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     return ping_payload(self)
 
 
-class ScoreTask(BatchedTask):
+class ScoreTask(BatchedTask, HandBackRetry):
     """``score``, which a voice worker with a backlog runs several clips at a time (app.tasks.batching)."""
 
     @property

@@ -1,5 +1,6 @@
 """Outbox redelivery on PostgreSQL and SQLite: a published event whose task no worker
-started is made due again after OUTBOX_REDELIVER_AFTER; a started one never is."""
+started is made due again after OUTBOX_REDELIVER_AFTER; a started one never is; a task
+whose retry the broker could not take is handed back to its event."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ from sqlalchemy.orm import Session
 
 from app.models.base import utcnow
 from app.models.outbox import OutboxEvent
-from app.services.outbox import add_event, event_id_for, mark_consumed, redeliver_unconsumed, relay_batch
+from app.services.outbox import (
+    add_event,
+    claim_due,
+    event_id_for,
+    hand_back,
+    mark_consumed,
+    redeliver_unconsumed,
+    relay_batch,
+    task_kwargs,
+)
+from app.tracing import TRACE_KEY
 from tests.unit.test_outbox_service import session  # noqa: F401  (fixture: both databases)
 
 
@@ -46,3 +57,24 @@ def test_an_event_nobody_took_is_made_due_again_and_a_taken_one_is_not(session: 
 def test_event_ids_come_from_outbox_task_ids_only() -> None:
     assert event_id_for("outbox-42") == 42
     assert event_id_for("outbox-x") is None and event_id_for("4f1c-uuid") is None and event_id_for(None) is None
+
+
+def test_a_task_handed_back_is_due_after_its_countdown_with_the_retry_arguments(session: Session) -> None:  # noqa: F811
+    event, dead = _published(session, 2)
+    event.payload = {**event.payload, TRACE_KEY: {"traceparent": "00-abc-def-01"}}
+    dead.dead = True
+    mark_consumed(session, [event.id, dead.id])
+    session.commit()
+    now = utcnow()
+    assert hand_back(session, event.id, 30.0, {"i": 0, "db_retries": 2}, now=now)
+    assert not hand_back(session, dead.id, 30.0, {"i": 1}, now=now)
+    assert not hand_back(session, 10**9, 30.0, {"i": 2}, now=now)
+    session.commit()
+    session.refresh(event)
+    assert event.published_at is None and event.consumed_at is None
+    assert task_kwargs(event) == {"i": 0, "db_retries": 2}
+    assert event.payload[TRACE_KEY] == {"traceparent": "00-abc-def-01"}  # still in the request's trace
+    assert [e.id for e in claim_due(session, 10, now=now + timedelta(seconds=29))] == []
+    session.rollback()
+    assert [e.id for e in claim_due(session, 10, now=now + timedelta(seconds=31))] == [event.id]
+    session.rollback()
