@@ -8,8 +8,10 @@ database keeps the thousands of rows the fuzzer writes out of the shared test da
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -141,6 +143,7 @@ def start_api(database_url: str, log_path: Path, extra_env: dict[str, str] | Non
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     log.close()
+    _started.append(proc)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -157,14 +160,37 @@ def start_api(database_url: str, log_path: Path, extra_env: dict[str, str] | Non
 
 
 def stop_api(proc: subprocess.Popen[bytes]) -> None:
-    """Graceful stop (SIGTERM to the master), SIGKILL if it hangs."""
-    if proc.poll() is None:
-        proc.terminate()
+    """Graceful stop (SIGTERM to gunicorn's process group), SIGKILL if it hangs.
+
+    The group, not ``proc.poll()``, says whether anything is left: a server whose exit
+    status someone else collected still has its workers to stop."""
+    pgid = proc.pid  # start_new_session: the master leads its own group
+
+    def alive() -> bool:
+        proc.poll()  # collect the master's exit status, so it is no zombie of ours
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
+        if not alive():
+            break
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    if proc in _started:
+        _started.remove(proc)
+
+
+#: The servers started here; whatever is left goes when the session ends.
+_started: list[subprocess.Popen[bytes]] = []
+atexit.register(lambda: [stop_api(proc) for proc in list(_started)])
 
 
 @pytest.fixture(scope="session")
