@@ -88,7 +88,9 @@ def test_a_retry_during_a_broker_outage_goes_back_to_the_outbox_and_is_delivered
         # The broker comes back with a fresh worker (kombu can end a worker that held
         # unacknowledged messages when the broker went away; its process manager starts it
         # again). The outbox publishes the event again with the same task id.
-        first.stop(timeout=30) if first.proc and first.proc.poll() is None else None
+        if first.proc is not None and first.proc.poll() is None:
+            first.proc.kill()
+            first.proc.wait()
         redis_proc, _ = start_private_redis(port)
         second = router()
         wait_for(lambda: _event(event_id).next_attempt_at <= utcnow(), timeout=30, interval=0.2,
