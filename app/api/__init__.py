@@ -12,6 +12,7 @@ from importlib import import_module
 from flask import Flask, Response, jsonify
 
 from app.api.errors import register_error_handlers
+from app.api.limits import init_app as init_limits
 from app.api.spec import JsonProvider, openapi_document, spec
 from app.settings import Settings, get_settings, set_settings
 
@@ -38,9 +39,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json = JsonProvider(app)  # over-deep JSON is a 400, not a RecursionError
     app.json.sort_keys = False  # type: ignore[attr-defined]
     register_error_handlers(app)
+    app.before_request(_authenticate_first)
 
     for name in BLUEPRINTS:
         app.register_blueprint(import_module(f"app.api.{name}").bp)
+    init_limits(app)  # RateLimit-* headers; checks RATE_LIMITS against the blueprints
 
     spec.register(app)
 
@@ -51,6 +54,21 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     _add_operations(app)
     return app
+
+
+def _authenticate_first() -> None:
+    """Run the route's credential check before anything reads the body: spectree parses
+    and validates the JSON before the view's own decorator runs, and a blueprint's size
+    guard or MAX_CONTENT_LENGTH would answer 413. An unauthenticated caller gets its 401
+    (or 429) without a byte of its body being read."""
+    from flask import current_app, request
+
+    from app.api.auth import authenticate_route
+
+    rule = request.url_rule
+    if rule is None or (request.method == "OPTIONS" and getattr(rule, "provide_automatic_options", False)):
+        return
+    authenticate_route(current_app.view_functions.get(request.endpoint))
 
 
 def _add_operations(app: Flask) -> None:

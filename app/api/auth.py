@@ -52,8 +52,9 @@ def protected(authenticate: Callable[[], None]) -> Callable[[F], F]:
 
 
 def authenticate_route(view: Callable[..., Any] | None) -> None:
-    """Run the route's authentication check, if it has one (used before reporting a
-    validation error, so an unauthenticated caller learns nothing about the schema)."""
+    """Run the route's authentication check, if it has one: before the request body is
+    read or validated (``create_app``'s before-request hook), so an unauthenticated caller
+    costs no parsing and learns nothing about the schema."""
     check = getattr(view, AUTH_ATTR, None)
     if check is not None:
         check()
@@ -90,6 +91,11 @@ def limited(check: Callable[[], None]) -> Callable[[], None]:
 
     @wraps(check)
     def guarded() -> None:
+        # Once per request: the app's before-request hook authenticates the route before
+        # the body is read, and the view's own decorator must not look the credential up again.
+        done = g.setdefault("_auth_passed", set())
+        if check in done:
+            return
         refuse_if_blocked()
         try:
             check()
@@ -97,6 +103,7 @@ def limited(check: Callable[[], None]) -> Callable[[], None]:
             if exc.status == 401:
                 failure_limiter().record_failure(client_address())
             raise
+        done.add(check)
 
     return guarded
 
