@@ -6,11 +6,12 @@ so the image needs nothing but a Python interpreter.
 
 SSRF rules, applied to every hop of a redirect chain:
 
-* the host is resolved once; **every** address it resolves to must be public (not
-  loopback, private, link-local — 169.254.169.254 included —, CGNAT, multicast,
-  reserved, unspecified, documentation/benchmark ranges, IPv6 ULA or link-local, and an
-  IPv4-mapped/translated IPv6 address is judged by its IPv4 address), unless it lies in
-  a network of the allow-list (``--allow CIDR``, given by the worker);
+* the host is resolved once; **every** address it resolves to must pass the address
+  policy of ``addrpolicy.py`` (copied next to this file in the image, and shared with the
+  application's own fetches): public unicast only, an IPv6 address carrying an IPv4
+  address judged by that address, odd spellings of a literal read as the resolver reads
+  them, unless the allow-list (``--allow CIDR`` or ``--allow ADDRESS:PORT``, given by the
+  worker) admits it;
 * the connection goes to the address that was checked: there is no second lookup,
   so DNS rebinding has no window;
 * redirects are followed here, one hop at a time, up to ``--max-redirects``, each hop
@@ -22,7 +23,7 @@ fetch (the ``error`` field says why); anything else is a bug and exits non-zero 
 traceback on stderr.
 
     python3 fetch.py URL [--max-bytes N] [--max-redirects N] [--max-time S]
-                         [--connect-timeout S] [--allow CIDR ...] [--user-agent UA]
+                         [--connect-timeout S] [--allow CIDR|ADDRESS:PORT ...] [--user-agent UA]
 """
 
 from __future__ import annotations
@@ -30,19 +31,26 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
-import ipaddress
 import json
 import os
 import socket
 import ssl
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
+
+if __package__:  # imported as fetcher.fetch, from the application's tree
+    from . import addrpolicy
+else:  # run as a program: the policy sits next to this file, and -I keeps that directory off sys.path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import addrpolicy  # noqa: E402
+
+blocked_reason = addrpolicy.blocked_reason
+parse_allow = addrpolicy.parse_allow
 
 SCHEMA_VERSION = 1
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
@@ -55,45 +63,6 @@ SELECTED_HEADERS = (
 )
 MAX_HEADER_VALUE = 1024
 DEFAULT_USER_AGENT = "Mozilla/5.0 (compatible; app-url-scanner/1.0)"
-
-# Special-purpose ranges (IANA IPv4/IPv6 special-purpose address registries), in the
-# order they are tested; the first match names the reason. Listed explicitly so the
-# verdict does not depend on the ``ipaddress`` version inside the image.
-_BLOCKED_V4 = [
-    ("0.0.0.0/8", "unspecified / this network"),
-    ("127.0.0.0/8", "loopback"),
-    ("10.0.0.0/8", "private"),
-    ("172.16.0.0/12", "private"),
-    ("192.168.0.0/16", "private"),
-    ("169.254.0.0/16", "link-local"),
-    ("100.64.0.0/10", "carrier-grade NAT"),
-    ("192.0.0.0/24", "IETF protocol assignments"),
-    ("192.0.2.0/24", "documentation"),
-    ("198.51.100.0/24", "documentation"),
-    ("203.0.113.0/24", "documentation"),
-    ("198.18.0.0/15", "benchmarking"),
-    ("192.88.99.0/24", "6to4 relay anycast"),
-    ("224.0.0.0/4", "multicast"),
-    ("240.0.0.0/4", "reserved"),
-]
-_BLOCKED_V6 = [
-    ("::/128", "unspecified"),
-    ("::1/128", "loopback"),
-    ("fe80::/10", "link-local"),
-    ("fec0::/10", "site-local"),
-    ("fc00::/7", "unique local (ULA)"),
-    ("ff00::/8", "multicast"),
-    ("100::/64", "discard-only"),
-    ("2001:db8::/32", "documentation"),
-    ("2001::/23", "IETF protocol assignments"),
-    ("::/96", "IPv4-compatible (deprecated)"),
-]
-BLOCKED_V4 = [(ipaddress.ip_network(n), why) for n, why in _BLOCKED_V4]
-BLOCKED_V6 = [(ipaddress.ip_network(n), why) for n, why in _BLOCKED_V6]
-#: IPv6 prefixes that carry an IPv4 address: the embedded address is judged instead.
-NAT64 = ipaddress.ip_network("64:ff9b::/96")
-NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
-SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
 
 
 class FetchError(Exception):
@@ -128,78 +97,15 @@ class Deadline:
 # --- addresses -------------------------------------------------------------------------------
 
 
-def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address stands for (mapped, NAT64, 6to4), if any."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip in NAT64 or ip in NAT64_LOCAL:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    return None
-
-
-def blocked_reason(address: str, allow: list[ipaddress._BaseNetwork]) -> str | None:
-    """Why ``address`` may not be fetched, or None when it may.
-
-    An address inside an allow-listed network is always allowed (the worker passes its
-    own test or intranet networks); otherwise only public unicast addresses are.
-    """
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    judged: ipaddress._BaseAddress = ip
-    prefix = ""
-    if isinstance(ip, ipaddress.IPv6Address):
-        v4 = embedded_ipv4(ip)
-        if v4 is not None:
-            judged, prefix = v4, f"IPv6 address carrying IPv4 {v4}: "
-    for net in allow:
-        if judged.version == net.version and judged in net:
-            return None
-        if ip.version == net.version and ip in net:
-            return None
-    table = BLOCKED_V4 if judged.version == 4 else BLOCKED_V6
-    for net, why in table:
-        if judged in net:
-            return prefix + why
-    if judged.version == 4 and judged == ipaddress.IPv4Address("255.255.255.255"):
-        return prefix + "broadcast"
-    if not judged.is_global:
-        return prefix + "not a public address"
-    return None
-
-
-def parse_allow(values: list[str]) -> list[ipaddress._BaseNetwork]:
-    """The allow-list networks (``strict=False``: a host address with a prefix is fine)."""
-    nets = []
-    for value in values:
-        for part in value.split(","):
-            if part.strip():
-                nets.append(ipaddress.ip_network(part.strip(), strict=False))
-    return nets
-
-
 def resolve(host: str, port: int, deadline: Deadline) -> list[str]:
-    """All addresses of ``host``, bounded by the deadline (getaddrinfo has no timeout)."""
-    result: dict[str, Any] = {}
-
-    def lookup() -> None:
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            result["addresses"] = list(dict.fromkeys(info[4][0] for info in infos))
-        except (socket.gaierror, UnicodeError, OSError) as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=lookup, daemon=True)
-    thread.start()
-    thread.join(deadline.remaining())
-    if thread.is_alive():
+    """All addresses of ``host`` (a literal one without any lookup), bounded by the deadline."""
+    try:
+        return addrpolicy.resolve(host, port, deadline.remaining())
+    except TimeoutError:
         deadline.remaining()  # raises the timeout
-        raise FetchError("timeout", f"resolving {host} took too long")
-    if "error" in result:
-        raise FetchError("dns", f"cannot resolve host {host}: {result['error']}")
-    if not result.get("addresses"):
-        raise FetchError("dns", f"host {host} has no address")
-    return result["addresses"]
+        raise FetchError("timeout", f"resolving {host} took too long") from None
+    except addrpolicy.ResolveError as exc:
+        raise FetchError("dns", str(exc)) from None
 
 
 # --- TLS -------------------------------------------------------------------------------------
@@ -459,7 +365,7 @@ def open_connection(hop: Hop, scheme: str, host: str, port: int, allow: list, de
     addresses = resolve(host, port, deadline)
     hop.dns_ms = round((time.monotonic() - t0) * 1000, 1)
     for address in addresses:
-        reason = blocked_reason(address, allow)
+        reason = blocked_reason(address, allow, port)
         if reason:
             hop.address = address
             raise FetchError("blocked_address",
@@ -670,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-redirects", type=int, default=5)
     parser.add_argument("--max-time", type=float, default=20.0)
     parser.add_argument("--connect-timeout", type=float, default=5.0)
-    parser.add_argument("--allow", action="append", default=[], help="CIDR allowed despite being non-public")
+    parser.add_argument("--allow", action="append", default=[], help="CIDR, or exact ADDRESS:PORT, allowed despite being non-public")
     parser.add_argument("--user-agent", default=DEFAULT_USER_AGENT)
     args = parser.parse_args(argv)
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib.util
 import ipaddress
 import json
 import socket
@@ -19,26 +18,15 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+import fetcher.fetch as fetch_mod  # the very program the image runs, with the shared address policy
 from app.settings import ROOT
 from tests import scans_sites
 
 LOCAL = ["127.0.0.1/32"]
 
-
-def _load_fetcher() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fetcher_fetch", ROOT / "fetcher" / "fetch.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fetcher_fetch"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fetch_mod = _load_fetcher()
 
 
 class CountingHandler(scans_sites.Handler):
@@ -126,6 +114,36 @@ def test_allow_list_admits_only_its_networks() -> None:
     assert fetch_mod.blocked_reason("10.5.0.8", allow) == "private"
     assert fetch_mod.blocked_reason("127.0.0.1", allow) == "loopback"
     assert fetch_mod.parse_allow(["10.0.0.1/8"]) == [ipaddress.ip_network("10.0.0.0/8")]
+
+
+@pytest.mark.parametrize(("address", "reason"), [
+    ("::ffff:0:7f00:1", "IPv6 address carrying IPv4 127.0.0.1: loopback"),  # IPv4-translated
+    ("64:ff9b::7f00:1", "IPv6 address carrying IPv4 127.0.0.1: loopback"),  # NAT64
+    ("64:ff9b::a00:1", "IPv6 address carrying IPv4 10.0.0.1: private"),
+    ("fe80::1%eth0", "link-local"),
+])
+def test_translated_nat64_and_zoned_addresses_are_blocked(address: str, reason: str) -> None:
+    assert fetch_mod.blocked_reason(address, []) == reason
+
+
+@pytest.mark.parametrize("host", ["[::ffff:0:7f00:1]", "[64:ff9b::7f00:1]", "[64:ff9b::a00:1]", "[fe80::1%25eth0]",
+                                  "[fe80::1%eth0]", "2130706433", "0177.0.0.1", "0x7f.1", "127.1"])
+def test_such_hosts_are_refused_as_blocked_before_any_connection(site: str, host: str) -> None:
+    # Each is, spells or carries a non-public address; a zone id is refused as blocked,
+    # not reported as a failed lookup of "fe80::1%25eth0".
+    port = int(site.rsplit(":", 1)[1])
+    doc = _fetch(f"http://{host}:{port}/plain", allow=[])
+    assert doc["error"]["kind"] == "blocked_address", doc["error"]
+    assert doc["status"] is None and CountingHandler.requests == []
+
+
+def test_odd_spellings_of_an_allowed_address_reach_it(site: str) -> None:
+    """Read as the resolver reads them, with no lookup: the site really is at 127.1."""
+    port = int(site.rsplit(":", 1)[1])
+    for host in ("2130706433", "0177.0.0.1", "0x7f.1", "127.1"):
+        doc = _fetch(f"http://{host}:{port}/plain")
+        assert doc["error"] is None and doc["redirect_chain"][0]["address"] == "127.0.0.1"
+    assert CountingHandler.requests == ["/plain"] * 4
 
 
 # --- fetching --------------------------------------------------------------------------------
