@@ -130,6 +130,13 @@ class Settings(BaseSettings):
     auth_failure_window: int = Field(
         300, ge=1, le=86400, description="Length of the authentication-failure window, seconds.",
     )
+    trusted_proxy_hops: int = Field(
+        0, ge=0, le=10, description="Reverse proxies in front of the API that set X-Forwarded-For, "
+        "X-Forwarded-Proto and X-Forwarded-Host (werkzeug's ProxyFix trusts that many entries): the client "
+        "address the authentication-failure limit counts is then the forwarded one. 0: the headers are ignored "
+        "and the peer's address is used; never set it higher than the proxies really there, or a client can "
+        "choose its own address.",
+    )
     metrics_token: SecretStr = Field(
         SecretStr(""), description="Bearer token the API's /metrics requires (Prometheus `authorization`). "
         "Empty: /metrics is open; bind the API to a private address then.",

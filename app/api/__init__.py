@@ -53,6 +53,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         return jsonify(openapi_document())
 
     _add_operations(app)
+    if settings.trusted_proxy_hops:
+        # Outermost, so tracing, the failure limiter and links all see the client's
+        # address, scheme and host as the trusted proxies forwarded them.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = settings.trusted_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
     return app
 
 

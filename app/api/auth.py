@@ -69,8 +69,8 @@ def failure_limiter() -> FailureLimiter:
 
 
 def client_address() -> str:
-    """The address failures are counted for (the peer; behind a proxy, configure it to
-    pass the client's address, e.g. werkzeug's ProxyFix)."""
+    """The address failures are counted for: the peer, or behind TRUSTED_PROXY_HOPS
+    reverse proxies the client address they forwarded (``create_app`` applies ProxyFix)."""
     return request.remote_addr or "unknown"
 
 

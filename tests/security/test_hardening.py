@@ -83,3 +83,51 @@ def test_an_unauthenticated_10_mib_body_is_refused_401_before_it_is_read(served_
     # The same route with its credential does read the body: invalid JSON is a 400.
     status, body, _, _ = _post_raw(url, 1024, "application/json", served_api.client)
     assert status == 400 and b"not valid JSON" in body, body[:300]
+
+
+# --- 2. the client address behind TRUSTED_PROXY_HOPS reverse proxies ---------------------
+
+def _app_behind(hops: int):  # type: ignore[no-untyped-def]
+    from app.api import create_app
+    from app.settings import get_settings
+
+    return create_app(get_settings().model_copy(update={
+        "auth_failure_limit": 3, "auth_failure_window": 60, "trusted_proxy_hops": hops})).test_client()
+
+
+def _fail_from(client, proxy: str, forwarded: str, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return client.get("/api/me", headers={"Authorization": "Bearer ak_wrong", "X-Forwarded-For": forwarded,
+                                          **(headers or {})}, environ_base={"REMOTE_ADDR": proxy})
+
+
+def test_without_trusted_proxies_x_forwarded_for_is_ignored(pg_database, api, redis_client) -> None:  # type: ignore[no-untyped-def]
+    client = _app_behind(0)
+    peer = f"198.51.100.{secrets.randbelow(200) + 1}"
+    claimed = [f"203.0.113.{n}" for n in (11, 12, 13, 14)]
+    redis_client.delete(f"authfail:{peer}", *(f"authfail:{a}" for a in claimed))
+    # A client that makes up a new X-Forwarded-For for every guess is still counted as itself.
+    for address in claimed[:3]:
+        assert _fail_from(client, peer, address).status_code == 401
+    assert int(redis_client.get(f"authfail:{peer}")) == 3
+    assert all(redis_client.get(f"authfail:{a}") is None for a in claimed)
+    blocked = client.get("/api/me", headers=api.headers | {"X-Forwarded-For": claimed[3]},
+                         environ_base={"REMOTE_ADDR": peer})
+    assert blocked.status_code == 429
+
+
+def test_behind_one_trusted_proxy_failures_count_for_the_forwarded_client(pg_database, api, redis_client) -> None:  # type: ignore[no-untyped-def]
+    client = _app_behind(1)
+    proxy = f"10.9.{secrets.randbelow(200)}.{secrets.randbelow(200) + 1}"
+    attacker, bystander = f"198.51.100.{secrets.randbelow(200) + 1}", "192.0.2.77"
+    redis_client.delete(f"authfail:{proxy}", f"authfail:{attacker}", f"authfail:{bystander}")
+    for _ in range(3):
+        # The proxy appends the peer it saw; the left-most (client-supplied) entry is not trusted.
+        assert _fail_from(client, proxy, f"6.6.6.6, {attacker}").status_code == 401
+    assert int(redis_client.get(f"authfail:{attacker}")) == 3
+    assert redis_client.get(f"authfail:{proxy}") is None and redis_client.get("authfail:6.6.6.6") is None
+    # The attacker is blocked, even with a correct key...
+    resp = client.get("/api/me", headers=api.headers | {"X-Forwarded-For": attacker}, environ_base={"REMOTE_ADDR": proxy})
+    assert resp.status_code == 429
+    # ...while another client behind the same proxy is not.
+    resp = client.get("/api/me", headers=api.headers | {"X-Forwarded-For": bystander}, environ_base={"REMOTE_ADDR": proxy})
+    assert resp.status_code == 200, resp.get_json()
