@@ -261,6 +261,11 @@ class Settings(BaseSettings):
     ocr_tmp_dir: str = Field(
         "", description="Directory for the OCR worker's private per-upload temp dirs. Empty: <system temp>/app-ocr."
     )
+    ocr_max_attempts: int = Field(
+        3, ge=1, le=20,
+        description="Processing attempts of one upload (each claim by a worker counts, including one whose worker "
+        "process died); an upload still unfinished after this many is FAILED with the reason.",
+    )
 
     @field_validator("ocr_allowed_types")
     @classmethod

@@ -47,3 +47,5 @@ class Upload(Base):
     queued_at: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: When the retention purge deleted the stored original (``storage_key`` names nothing since).
+    original_purged_at: Mapped[datetime | None] = mapped_column(default=None)

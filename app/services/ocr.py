@@ -7,12 +7,15 @@ rows and outbox events in the caller's transaction. The worker side
 clients:
 
 1. claim the row (``queued``/``processing`` → ``processing``) with a fresh token by a
-   conditional UPDATE; an upload already ``ready`` or ``failed`` is left alone, and one
-   found ``processing`` (its worker died) simply starts over;
+   conditional UPDATE that also counts the attempt; an upload already ``ready`` or
+   ``failed`` is left alone, one found ``processing`` (its worker died) starts over, and
+   one that has used its ``OCR_MAX_ATTEMPTS`` (a file that keeps killing its worker
+   process is redelivered after every death) is failed with the reason instead;
 2. in a private temp dir (mode 0700, named after the upload so a dead attempt's dir is
    removed by the next one): check the stored size, download, detect the type from
    the bytes, then validate it as an image (pixel count before decoding, a full decode
-   to catch truncation) or as a PDF (pdfinfo: damage, password, page count, page size);
+   to catch truncation) or as a PDF (pdfinfo: damage, password, page count, and the
+   size of the box pdftoppm renders, so an oversized page is refused before rendering);
 3. one page at a time: render a PDF page to a file with pdftoppm at ``OCR_DPI``, run
    Tesseract ``--psm 6 --oem 3`` (``image_to_data``: words, boxes, confidences), delete
    the page file, and commit ``pages_done`` while the claim is still ours;
@@ -24,10 +27,12 @@ clients:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 import unicodedata
@@ -99,6 +104,8 @@ class OcrLimits:
     dpi: int = 300
     language: str = "eng"
     page_timeout: float = 60.0
+    #: Claims of one upload before it is failed instead (each redelivery after a worker death is one).
+    max_attempts: int = 3
 
     @classmethod
     def from_settings(cls, settings: Any) -> OcrLimits:
@@ -110,6 +117,7 @@ class OcrLimits:
             dpi=settings.ocr_dpi,
             language=settings.ocr_language,
             page_timeout=settings.ocr_page_timeout,
+            max_attempts=settings.ocr_max_attempts,
         )
 
     def allowed_names(self) -> str:
@@ -221,7 +229,9 @@ def complete_upload(session: Session, storage: Storage, upload_id: str, limits: 
     (``queued_now`` False). A failed one raises ``UploadStateError``. For a direct
     upload the object must be there; its size and type are checked here, since the API
     never saw the bytes (the worker checks everything again): bad bytes come back as
-    the upload set to ``failed``, for the caller to commit.
+    the upload set to ``failed``, for the caller to commit, and the object is deleted at
+    once, so a presigned PUT cannot keep more than ``OCR_MAX_FILE_BYTES`` stored (one
+    never completed is deleted by the retention purge, ``app.services.gc``).
     """
     upload = session.get(Upload, upload_id, with_for_update=True)
     if upload is None:
@@ -246,7 +256,10 @@ def complete_upload(session: Session, storage: Storage, upload_id: str, limits: 
         except UploadRejected as exc:
             # Recorded, not raised: the caller commits the failure and answers 409.
             upload.status, upload.error, upload.finished_at = "failed", exc.reason, utcnow()
+            storage.delete(upload.storage_key)
+            upload.original_purged_at = utcnow()
             session.flush()
+            logger.info("direct upload rejected and deleted", extra={"upload_id": upload_id, "reason": exc.reason})
             return upload, False
     claimed = session.execute(
         update(Upload).where(Upload.id == upload_id, Upload.status == "uploaded")
@@ -304,7 +317,8 @@ def _claim(deps: OcrDeps, upload_id: str) -> tuple[str | None, Upload | None]:
     with deps.scope() as session:
         claimed = session.execute(
             update(Upload)
-            .where(Upload.id == upload_id, Upload.status.in_(("queued", "processing")))
+            .where(Upload.id == upload_id, Upload.status.in_(("queued", "processing")),
+                   Upload.attempts < deps.limits.max_attempts)
             .values(status="processing", claim_token=token, attempts=Upload.attempts + 1, pages_done=0,
                     pages_total=None, text=None, page_confidences=None, parsed_preview=None, error=None,
                     started_at=now, finished_at=None, updated_at=now),
@@ -349,6 +363,8 @@ def process_upload(deps: OcrDeps, upload_id: str) -> ProcessOutcome:
     if upload is None:
         return ProcessOutcome("missing")
     if token is None:
+        if upload.status in ("queued", "processing") and upload.attempts >= deps.limits.max_attempts:
+            return _give_up(deps, upload_id, upload.attempts)
         logger.info("upload not claimable", extra={"upload_id": upload_id, "status": upload.status})
         return ProcessOutcome("already_done", upload.status)
     started = time.monotonic()
@@ -385,6 +401,17 @@ def _fail(deps: OcrDeps, upload_id: str, token: str, reason: str) -> ProcessOutc
     except LostClaim:
         return ProcessOutcome("superseded")
     logger.info("upload failed", extra={"upload_id": upload_id, "reason": reason})
+    return ProcessOutcome("failed", "failed", error=reason)
+
+
+def _give_up(deps: OcrDeps, upload_id: str, attempts: int) -> ProcessOutcome:
+    """Fail an upload whose attempts are used up: each one was claimed and never finished,
+    which is what a file that kills (or exhausts) the worker process looks like."""
+    reason = (f"gave up after {attempts} attempts that never finished: the worker processing this upload stopped "
+              "each time (killed, out of memory or crashed); the file may be too demanding to OCR")
+    if not fail_upload(deps.scope, upload_id, reason):
+        return ProcessOutcome("already_done")
+    logger.warning("upload failed: attempts used up", extra={"upload_id": upload_id, "attempts": attempts})
     return ProcessOutcome("failed", "failed", error=reason)
 
 
@@ -520,8 +547,10 @@ def image_pages(path: Path, content_type: str, tmp: Path,
 
 # --- PDF -------------------------------------------------------------------------------------
 
-_PAGE_SIZE_RE = re.compile(r"^Page\s+(\d+)\s+size$")
-_PTS_RE = re.compile(r"([\d.]+)\s*x\s*([\d.]+)\s*pts")
+_BOX_RE = re.compile(r"^Page\s+(\d+)\s+(MediaBox|CropBox):\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$")
+#: pdftoppm renders a page's MediaBox unless given ``-cropbox`` (pdf2image's ``use_cropbox``),
+#: which ``render_pdf_page`` never passes; ``pdfinfo``'s "Page size" is the CropBox.
+RENDER_USES_CROPBOX = False
 
 
 def pdf_page_count(path: Path, limits: OcrLimits) -> int:
@@ -546,22 +575,55 @@ def pdf_page_count(path: Path, limits: OcrLimits) -> int:
         raise UploadRejected("the PDF has no pages")
     if pages > limits.max_pdf_pages:
         raise UploadRejected(f"the PDF has {pages} pages, over the limit of {limits.max_pdf_pages}")
-    try:
-        sizes = pdfinfo_from_path(str(path), timeout=timeout, first_page=1, last_page=pages)
-    except (PDFPageCountError, PDFPopplerTimeoutError) as exc:
-        raise UploadRejected(f"the PDF is damaged and cannot be read ({exc})") from None
-    for key, value in sizes.items():
-        m, pts = _PAGE_SIZE_RE.match(key), _PTS_RE.search(str(value))
-        if not (m and pts):
-            continue
-        width = float(pts.group(1)) / 72 * limits.dpi
-        height = float(pts.group(2)) / 72 * limits.dpi
+    for number, (width_pt, height_pt, box) in pdf_render_boxes(path, pages, timeout).items():
+        width, height = width_pt / 72 * limits.dpi, height_pt / 72 * limits.dpi
         if width * height > limits.max_image_pixels:
             raise UploadRejected(
-                f"page {m.group(1)} is {float(pts.group(1)) / 72:.0f}×{float(pts.group(2)) / 72:.0f} in; at "
+                f"page {number} is {width_pt / 72:.0f}×{height_pt / 72:.0f} in ({box}, the area that is rendered); at "
                 f"{limits.dpi} dpi that is {width * height:,.0f} pixels, over the limit of {limits.max_image_pixels:,}"
             )
     return pages
+
+
+def pdf_render_boxes(path: Path, pages: int, timeout: int) -> dict[int, tuple[float, float, str]]:
+    """Each page's width and height in points as pdftoppm will render it, and which box that is.
+
+    Read from ``pdfinfo -box`` rather than its "Page size", which is the CropBox: a page
+    with a tiny CropBox over a huge MediaBox would pass as small and render huge. The
+    renderer's box is the MediaBox (``RENDER_USES_CROPBOX``); in doubt (poppler clips one
+    box to the other) the larger of the two is taken, side by side. A page whose boxes
+    cannot be read is refused: it is never rendered unchecked.
+    """
+    try:
+        proc = subprocess.run(["pdfinfo", "-box", "-f", "1", "-l", str(pages), str(path)],
+                              capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise UploadRejected(f"reading the PDF took longer than {timeout} s") from None
+    if proc.returncode != 0:
+        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise UploadRejected(f"the PDF is damaged and cannot be read ({detail[-1][:200] if detail else 'pdfinfo failed'})")
+    boxes: dict[int, dict[str, tuple[float, float]]] = {}
+    for line in proc.stdout.decode("utf-8", "replace").splitlines():
+        m = _BOX_RE.match(line.strip())
+        if not m:
+            continue
+        try:
+            x0, y0, x1, y1 = (float(v) for v in m.group(3, 4, 5, 6))
+        except ValueError:
+            continue
+        if all(map(math.isfinite, (x0, y0, x1, y1))):
+            boxes.setdefault(int(m.group(1)), {})[m.group(2)] = (abs(x1 - x0), abs(y1 - y0))
+    sizes: dict[int, tuple[float, float, str]] = {}
+    for number in range(1, pages + 1):
+        found = boxes.get(number, {})
+        if "MediaBox" not in found:
+            raise UploadRejected(f"the size of page {number} of the PDF cannot be read")
+        media, crop = found["MediaBox"], found.get("CropBox", found["MediaBox"])
+        rendered, other = (crop, media) if RENDER_USES_CROPBOX else (media, crop)
+        width, height = max(rendered[0], other[0]), max(rendered[1], other[1])
+        box = "MediaBox" if (width, height) == media else "CropBox" if (width, height) == crop else "MediaBox/CropBox"
+        sizes[number] = (width, height, box)
+    return sizes
 
 
 def render_pdf_page(path: Path, number: int, tmp: Path, limits: OcrLimits) -> Path:
@@ -574,7 +636,7 @@ def render_pdf_page(path: Path, number: int, tmp: Path, limits: OcrLimits) -> Pa
         paths = convert_from_path(
             str(path), dpi=limits.dpi, first_page=number, last_page=number, output_folder=str(tmp),
             paths_only=True, fmt="ppm", grayscale=True, output_file=f"page-{number}", timeout=timeout,
-            thread_count=1,
+            thread_count=1, use_cropbox=RENDER_USES_CROPBOX,  # the box pdf_render_boxes checked
         )
     except PDFPopplerTimeoutError:
         raise UploadRejected(f"rendering page {number} took longer than {timeout} s") from None
