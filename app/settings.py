@@ -552,6 +552,18 @@ class Settings(BaseSettings):
             raise ValueError("BROKER_VISIBILITY_TIMEOUT must exceed TASK_TIME_LIMIT")
         return self
 
+    @model_validator(mode="after")
+    def _check_production_secrets(self) -> "Settings":
+        """ENVIRONMENT=production refuses to start with a missing, shipped or guessable secret."""
+        if self.environment != "production":
+            return self
+        problems = [f"{name.upper()} {problem}" for name, required in PRODUCTION_SECRETS.items()
+                    if (problem := weak_secret(getattr(self, name).get_secret_value(), required))]
+        if problems:
+            raise ValueError("ENVIRONMENT=production needs real secrets: " + "; ".join(problems) + ". Generate "
+                             "each with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        return self
+
     # --- derived values ----------------------------------------------------
     @property
     def celery_broker_url(self) -> str:
@@ -575,6 +587,34 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_hex(32))
             path.chmod(0o600)
         return path.read_text().strip().encode()
+
+
+#: Secrets ENVIRONMENT=production checks, and whether each must be set. SECRET_KEY signs
+#: download links and (through ``app.services.workers.token_key``) remote worker tokens;
+#: an empty ADMIN_TOKEN only turns the admin routes off, so it may stay empty.
+PRODUCTION_SECRETS: dict[str, bool] = {
+    "secret_key": True,
+    "admin_token": False,
+    "flower_password": True,
+    "metrics_token": True,
+}
+MIN_SECRET_LENGTH = 32
+#: Values shipped in deploy/systemd/app.env.example and the usual stand-ins, compared
+#: without case and punctuation; and the prefixes of test and development values.
+_PLACEHOLDERS = {"changeme", "secret", "password", "admin", "default", "example", "placeholder", "todo", "xxx"}
+_PLACEHOLDER_PREFIXES = ("changeme", "test", "dev", "example", "placeholder", "secret", "password", "insecure")
+
+
+def weak_secret(value: str, required: bool = True) -> str | None:
+    """Why ``value`` is no production secret (None when it is one, or empty and optional)."""
+    if not value:
+        return "is empty" if required else None
+    plain = "".join(ch for ch in value.lower() if ch.isalnum())
+    if plain in _PLACEHOLDERS or plain.startswith(_PLACEHOLDER_PREFIXES) or "changeme" in plain:
+        return "is a placeholder"
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"is shorter than {MIN_SECRET_LENGTH} characters"
+    return None
 
 
 class SettingsError(SystemExit):

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.security.conftest import Served
+from tests.security.conftest import ROOT, Served
 
 MIB = 1024 * 1024
 
@@ -131,3 +131,56 @@ def test_behind_one_trusted_proxy_failures_count_for_the_forwarded_client(pg_dat
     # ...while another client behind the same proxy is not.
     resp = client.get("/api/me", headers=api.headers | {"X-Forwarded-For": bystander}, environ_base={"REMOTE_ADDR": proxy})
     assert resp.status_code == 200, resp.get_json()
+
+
+# --- 3. no placeholder secrets in production -----------------------------------------------
+
+def _strong() -> dict[str, str]:
+    return {"secret_key": secrets.token_urlsafe(32), "admin_token": secrets.token_urlsafe(32),
+            "flower_password": secrets.token_urlsafe(32), "metrics_token": secrets.token_urlsafe(32)}
+
+
+def _production(**secret_values: str):  # type: ignore[no-untyped-def]
+    from app.settings import load_settings
+
+    return load_settings(environment="production", **secret_values)
+
+
+def test_production_refuses_each_placeholder_or_short_secret_by_name() -> None:
+    from app.settings import SettingsError
+
+    shipped = dict(line.split("=", 1) for line in (ROOT / "deploy" / "systemd" / "app.env.example").read_text()
+                   .splitlines() if line and not line.startswith("#"))
+    for name in ("SECRET_KEY", "ADMIN_TOKEN", "FLOWER_PASSWORD", "METRICS_TOKEN"):
+        field = name.lower()
+        bad_values = {shipped[name], "changeme", "secret", "password", "test-" + "x" * 40, "dev-" + "x" * 40,
+                      "Change_Me" + "x" * 30, secrets.token_urlsafe(16)}
+        if field != "admin_token":  # an empty ADMIN_TOKEN only turns the admin routes off
+            bad_values.add("")
+        for bad in bad_values:
+            with pytest.raises(SettingsError) as refused:
+                _production(**(_strong() | {field: bad}))
+            message = str(refused.value)
+            assert name in message, (name, bad, message)
+            assert len(bad) < 10 or bad not in message  # the value itself is never echoed
+            others = {"SECRET_KEY", "ADMIN_TOKEN", "FLOWER_PASSWORD", "METRICS_TOKEN"} - {name}
+            assert not any(f"{other} is" in message for other in others), message
+    # All four at once are all named.
+    with pytest.raises(SettingsError) as refused:
+        _production(secret_key="change-me", admin_token="change-me", flower_password="change-me",
+                    metrics_token="change-me")
+    assert all(f"{n} is a placeholder" in str(refused.value)
+               for n in ("SECRET_KEY", "ADMIN_TOKEN", "FLOWER_PASSWORD", "METRICS_TOKEN"))
+
+
+def test_production_starts_with_strong_secrets_and_dev_and_test_are_unaffected() -> None:
+    from app.settings import load_settings
+
+    strong = _strong()
+    settings = _production(**strong)
+    assert settings.secret_key.get_secret_value() == strong["secret_key"]
+    assert _production(**(strong | {"admin_token": ""})).admin_token.get_secret_value() == ""
+    for environment in ("development", "test"):
+        loaded = load_settings(environment=environment, secret_key="change-me", admin_token="test-admin-token",
+                               flower_password="", metrics_token="")
+        assert loaded.environment == environment
