@@ -31,15 +31,22 @@ def migrate(revision: str) -> None:
 
 @main.command("create-api-key")
 @click.argument("name")
-def create_api_key_cmd(name: str) -> None:
-    """Create a client API key and print its secret (shown once)."""
+@click.option("--client", "client", default=None, metavar="ID|NAME",
+              help="Add the key to this existing client (key rotation). Omitted: a new client named NAME.")
+def create_api_key_cmd(name: str, client: str | None) -> None:
+    """Create an API key and print its secret (shown once); by default for a new client NAME."""
     from app.db import session_scope
-    from app.services.auth import create_api_key
+    from app.services.auth import UnknownClient, create_api_key, find_client
 
     with session_scope() as session:
-        key, token = create_api_key(session, name)
-        key_id = key.id
-    click.echo(json.dumps({"id": key_id, "name": name, "key": token}))
+        if client is None and find_client(session, name) is not None:
+            raise click.ClickException(f"a client named {name!r} exists; add a key to it with --client {name!r}")
+        try:
+            key, token = create_api_key(session, name, client)
+        except UnknownClient as exc:
+            raise click.ClickException(str(exc)) from None
+        key_id, client_id = key.id, key.client_id
+    click.echo(json.dumps({"id": key_id, "name": name, "client_id": client_id, "key": token}))
 
 
 @main.command("list-api-keys")
@@ -51,7 +58,7 @@ def list_api_keys_cmd() -> None:
     with session_scope() as session:
         for key in list_api_keys(session):
             state = "revoked" if key.revoked_at else "active"
-            click.echo(f"{key.id}\t{key.prefix}…\t{state}\t{key.name}")
+            click.echo(f"{key.id}\t{key.prefix}…\t{state}\tclient {key.client_id}\t{key.name}")
 
 
 @main.command("revoke-api-key")

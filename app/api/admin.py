@@ -12,17 +12,20 @@ from app.api.auth import require_admin, require_api_key
 from app.api.errors import ApiError, ErrorResponse
 from app.api.spec import ADMIN, BEARER, spec
 from app.db import session_scope
-from app.services.auth import create_api_key, list_api_keys, revoke_api_key
+from app.services.auth import UnknownClient, create_api_key, list_api_keys, revoke_api_key
 
 bp = Blueprint("admin", __name__)
 
 
 class ApiKeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200, description="Who or what the key is for.")
+    client_id: int | None = Field(None, ge=1, le=2147483647, description="Add the key to this client (rotation: "
+                                  "it keeps access to the client's work). Omitted: a new client named `name`.")
 
 
 class ApiKeyOut(BaseModel):
     id: int
+    client_id: int
     name: str
     prefix: str
     created_at: datetime
@@ -39,7 +42,8 @@ class ApiKeyList(BaseModel):
 
 
 class Me(BaseModel):
-    api_key_id: int
+    api_key_id: int | None
+    client_id: int | None = Field(description="The client owning this key's work; null for the admin credential.")
     name: str
 
 
@@ -48,12 +52,16 @@ def _out(key) -> dict:  # type: ignore[no-untyped-def]
 
 
 @bp.post("/api/admin/api-keys")
-@spec.validate(json=ApiKeyCreate, resp=Response(HTTP_201=ApiKeyCreated, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse), tags=["admin"], security=ADMIN)
+@spec.validate(json=ApiKeyCreate, resp=Response(HTTP_201=ApiKeyCreated, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse), tags=["admin"], security=ADMIN)
 @require_admin
 def create_key(json: ApiKeyCreate):  # type: ignore[no-untyped-def]
-    """Create a client API key."""
+    """Create an API key: for a new client, or with `client_id` for an existing one."""
     with session_scope() as session:
-        key, token = create_api_key(session, json.name)
+        try:
+            key, token = create_api_key(session, json.name, json.client_id)
+        except UnknownClient:
+            raise ApiError(400, "validation_error", f"invalid request: client_id: no client {json.client_id}",
+                           [{"loc": ["client_id"], "msg": "no such client", "type": "value_error"}]) from None
         body = _out(key) | {"key": token}
     return body, 201
 
@@ -83,4 +91,4 @@ def revoke_key(key_id: int):  # type: ignore[no-untyped-def]
 @require_api_key
 def me():  # type: ignore[no-untyped-def]
     """The API key the request authenticated with."""
-    return {"api_key_id": g.api_key_id, "name": g.api_key_name}
+    return {"api_key_id": g.api_key_id, "client_id": g.client_id, "name": g.api_key_name}

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from flask import current_app, g, request
 
 from app.api.errors import ApiError
+from app.api.limits import check_rate_limit
 from app.db import session_scope
 from app.services.auth import verify_api_key
 from app.services.ratelimit import FailureLimiter
@@ -108,15 +109,28 @@ def limited(check: Callable[[], None]) -> Callable[[], None]:
     return guarded
 
 
+def _is_admin_token(token: str) -> bool:
+    expected = current_app.config["SETTINGS"].admin_token.get_secret_value()
+    return bool(expected) and hmac.compare_digest(token.encode(), expected.encode())
+
+
 @limited
 def _check_api_key() -> None:
+    """A client's key sets ``g.client_id``, the owner every read, list and action is
+    scoped to (``app.api.ownership``); ADMIN_TOKEN is accepted too and sees every client."""
     token = _bearer()
+    if _is_admin_token(token):
+        g.api_key_id, g.api_key_name, g.client_id, g.is_admin = None, "admin", None, True
+        return
     with session_scope() as session:
         key = verify_api_key(session, token)
         if key is None:
             raise ApiError(401, "unauthorized", "unknown or revoked API key")
         g.api_key_id = key.id
         g.api_key_name = key.name
+        g.client_id = key.client_id
+        g.is_admin = False
+    check_rate_limit()
 
 
 @limited
@@ -129,7 +143,7 @@ def _check_admin() -> None:
         raise ApiError(401, "unauthorized", "wrong admin token")
 
 
-#: Reject the request with 401 unless it carries an active client API key.
+#: Reject the request with 401 unless it carries an active client API key (or ADMIN_TOKEN).
 require_api_key = protected(_check_api_key)
 #: Reject the request unless it carries ADMIN_TOKEN (403 when none is configured).
 require_admin = protected(_check_admin)

@@ -1,5 +1,6 @@
-"""Dead-letter queue (admin): list failed deliveries and replay them through the outbox.
-Also the outbox's own dead events, visible and replayable."""
+"""Dead-letter queue: list failed deliveries and replay them through the outbox; a client
+sees and replays only its own messages' dead letters (``app.api.ownership``), the admin
+credential every client's. Also the outbox's own dead events (admin), visible and replayable."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from flask import Blueprint
 from pydantic import BaseModel, Field
 from spectree import Response
 
-from app.api.auth import require_admin
+from app.api.auth import require_admin, require_api_key
+from app.api.ownership import not_found, owned, owner_clause
 from app.api.errors import ApiError, ErrorResponse
 from app.api.nudge import nudge_relay
-from app.api.spec import ADMIN, spec
+from app.api.spec import ADMIN, BEARER, spec
 from app.db import session_scope
 from app.locks import redis_client
+from app.models.messages import DeadLetter
 from app.services import outbox as outbox_service
 from app.services.routing import NotReplayable, dedup_key, list_dead_letters, replay_dead_letter
 
@@ -28,6 +31,7 @@ class DlqQuery(BaseModel):
     replayed: bool | None = None
     page: int = Field(1, ge=1, le=100000)
     per_page: int = Field(50, ge=1, le=500)
+    client_id: int | None = Field(None, ge=1, description="Admin credential only: one client's dead letters.")
 
 
 class DeadLetterOut(BaseModel):
@@ -83,34 +87,37 @@ class OutboxPage(BaseModel):
 
 @bp.get("/api/dlq")
 @spec.validate(query=DlqQuery, resp=Response(HTTP_200=DeadLetterPage, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse),
-               tags=["dlq"], security=ADMIN)
-@require_admin
+               tags=["dlq"], security=BEARER)
+@require_api_key
 def list_dlq(query: DlqQuery):  # type: ignore[no-untyped-def]
     """Dead letters, newest first, filtered by channel, error and replay state."""
     with session_scope() as session:
         rows, total = list_dead_letters(
             session, channel=query.channel, error=query.error, replayed=query.replayed,
-            limit=query.per_page, offset=(query.page - 1) * query.per_page,
+            limit=query.per_page, offset=(query.page - 1) * query.per_page, where=owner_clause(DeadLetter),
         )
-        items = [DeadLetterOut.model_validate(r, from_attributes=True).model_dump(mode="json") for r in rows]
+        items = [DeadLetterOut.model_validate(r, from_attributes=True).model_copy(update={"message_id": r.message_ref})
+                 .model_dump(mode="json") for r in rows]
     return {"items": items, "total": total, "page": query.page, "per_page": query.per_page}
 
 
 @bp.post("/api/dlq/<int(max=9223372036854775807):dead_letter_id>/replay")
 @spec.validate(resp=Response(HTTP_202=Replayed, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse, HTTP_404=ErrorResponse, HTTP_409=ErrorResponse),
-               tags=["dlq"], security=ADMIN)
-@require_admin
+               tags=["dlq"], security=BEARER)
+@require_api_key
 def replay(dead_letter_id: int):  # type: ignore[no-untyped-def]
     """Send the dead letter's channel again, through the outbox."""
     try:
         with session_scope() as session:
+            owned(session, DeadLetter, dead_letter_id, "dead letter", lock=True)
             dl = replay_dead_letter(session, dead_letter_id)
-            body = {"id": dl.id, "message_id": dl.message_id, "replayed_at": dl.replayed_at.isoformat()}
-    except LookupError as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
+            internal_id, ref = dl.message_id, dl.message_ref
+            body = {"id": dl.id, "message_id": ref, "replayed_at": dl.replayed_at.isoformat()}
+    except LookupError:
+        raise not_found("dead letter", dead_letter_id) from None
     except NotReplayable as exc:
         raise ApiError(409, "not_replayable", str(exc)) from None
-    redis_client().delete(dedup_key(body["message_id"]))  # after commit: reset dedup for this message only
+    redis_client().delete(dedup_key(internal_id))  # after commit: reset dedup for this message only
     nudge_relay()
     body["status_url"] = f"/api/messages/{body['message_id']}"
     return body, 202

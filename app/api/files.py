@@ -4,7 +4,7 @@
 chunk's raw bytes (or, on S3, the client PUTs to the presigned URL it was given);
 ``POST /api/files/<id>/complete`` writes ``MERGING`` and the merge's outbox event in one
 transaction, then nudges the relay; ``GET /api/files/<id>`` reports progress and, once
-``COMPLETED``, a presigned download URL. A file is visible only to the key that made it.
+``COMPLETED``, a presigned download URL. A file is visible only to the client that made it (``app.api.ownership``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from spectree import Response
 
 from app.api.auth import require_api_key
+from app.api.ownership import owned, owner
 from app.api.errors import ApiError, ErrorResponse
 from app.api.nudge import nudge_relay
 from app.api.spec import BEARER, spec
@@ -161,6 +162,7 @@ def create(json: FileCreate):  # type: ignore[no-untyped-def]
             file = create_upload(
                 session, filename=json.filename, size=json.size, content_type=json.content_type,
                 chunk_size=json.chunk_size, limits=FileLimits.from_settings(settings), api_key_id=g.api_key_id,
+                client_id=owner(),
             )
             chunks = []
             for index in range(file.total_chunks):
@@ -195,11 +197,12 @@ def put_chunk(file_id: str, index: int):  # type: ignore[no-untyped-def]
     The body must be exactly the chunk's size (400 `wrong_chunk_size`); an optional
     `X-Chunk-SHA256` header (hex) is checked against the body (400 `checksum_mismatch`).
     """
+    with session_scope() as session:
+        owned(session, File, file_id, "file")
     try:
         receipt = receive_chunk(
             session_scope, _storage(), file_id=file_id, index=index, stream=request.stream,
             content_length=request.content_length, sha256_hex=request.headers.get(CHECKSUM_HEADER),
-            api_key_id=g.api_key_id,
         )
     except FileError as exc:
         raise _api_error(exc) from None
@@ -220,7 +223,8 @@ def complete(file_id: str):  # type: ignore[no-untyped-def]
     """Every chunk is sent: merge them (asynchronously). 409 `chunks_missing` lists what is not there."""
     try:
         with session_scope() as session:
-            file, enqueued = complete_upload(session, _storage(), file_id, g.api_key_id)
+            owned(session, File, file_id, "file", lock=True)
+            file, enqueued = complete_upload(session, _storage(), file_id)
             status = file.status
     except FileError as exc:
         raise _api_error(exc) from None
@@ -241,6 +245,6 @@ def get_status(file_id: str):  # type: ignore[no-untyped-def]
     storage = _storage()
     try:
         with session_scope() as session:
-            return file_out(session, storage, get_file(session, file_id, g.api_key_id))
+            return file_out(session, storage, owned(session, File, file_id, "file"))
     except FileError as exc:
         raise _api_error(exc) from None

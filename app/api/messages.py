@@ -8,17 +8,19 @@ from datetime import datetime
 from typing import Literal
 
 from flask import Blueprint, current_app, url_for
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from spectree import Response
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app.api.auth import require_api_key
+from app.api.ownership import is_admin, not_found, owner, scoped
 from app.api.errors import ApiError, ErrorResponse
 from app.api.nudge import nudge_relay
 from app.api.spec import BEARER, spec
 from app.db import session_scope
 from app.models.messages import Message
-from app.services.routing import MessageConflict, submit_message
+from app.services.routing import SYSTEM_ID_PREFIX, MessageConflict, submit_message
 
 bp = Blueprint("messages", __name__)
 
@@ -28,12 +30,20 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 class MessageCreate(BaseModel):
     id: str | None = Field(
         None, pattern=ID_PATTERN,
-        description="Client-chosen id; the idempotency key. Omitted: the server picks one.",
+        description="Client-chosen id; the idempotency key, unique among this client's messages. "
+        "Omitted: the server picks one.",
     )
     conversation_id: str = Field(min_length=1, max_length=128)
     channel: Literal["whatsapp", "instagram", "all"]
     recipient: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9+._:-]+$")
     content: str = Field(min_length=1, description="Text; at most MESSAGE_MAX_LENGTH characters.")
+
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(SYSTEM_ID_PREFIX):
+            raise ValueError(f"ids starting with {SYSTEM_ID_PREFIX!r} are reserved for messages the system sends")
+        return value
 
 
 class MessageAccepted(BaseModel):
@@ -75,7 +85,7 @@ class MessageOut(BaseModel):
 
 def message_out(message: Message) -> dict:
     return MessageOut(
-        id=message.id, conversation_id=message.conversation_id, channel=message.channel,
+        id=message.client_ref or message.id, conversation_id=message.conversation_id, channel=message.channel,
         recipient=message.recipient, content=message.content, status=message.status,
         attempts=message.attempts, last_error=message.last_error,
         provider_message_ids=message.provider_message_ids, created_at=message.created_at,
@@ -103,7 +113,7 @@ def submit(json: MessageCreate):  # type: ignore[no-untyped-def]
         try:
             with session_scope() as session:
                 message, created = submit_message(
-                    session, message_id=message_id, conversation_id=json.conversation_id,
+                    session, client_id=owner(), client_ref=message_id, conversation_id=json.conversation_id,
                     channel=json.channel, recipient=json.recipient, content=json.content,
                 )
                 status = message.status
@@ -129,9 +139,12 @@ def submit(json: MessageCreate):  # type: ignore[no-untyped-def]
                tags=["messages"], security=BEARER)
 @require_api_key
 def get_message(message_id: str):  # type: ignore[no-untyped-def]
-    """A message, its per-channel deliveries and its status history."""
+    """A message of the caller's by its id, its per-channel deliveries and its status history
+    (the admin credential also finds the messages the system sends by their internal id)."""
     with session_scope() as session:
-        message = session.get(Message, message_id)
+        message = session.scalars(scoped(select(Message).where(
+            (Message.client_ref == message_id) | (Message.id == message_id) if is_admin()
+            else Message.client_ref == message_id), Message).limit(1)).first()
         if message is None:
-            raise ApiError(404, "not_found", f"message {message_id!r} does not exist")
+            raise not_found("message", message_id)
         return message_out(message)

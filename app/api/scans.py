@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, field_validator
 from spectree import Response
 
 from app.api.auth import require_api_key
+from app.api.ownership import owned, owner, owner_clause
 from app.api.errors import ApiError, ErrorResponse
 from app.api.nudge import nudge_relay
 from app.api.spec import BEARER, spec
@@ -125,6 +126,7 @@ class ScanQuery(BaseModel):
     state: str | None = Field(None, description=f"One of {', '.join(STATES)} (any case).")
     page: int = Field(1, ge=1, le=100000)
     per_page: int = Field(50, ge=1, le=500)
+    client_id: int | None = Field(None, ge=1, description="Admin credential only: the scans of one client.")
 
     @field_validator("state")
     @classmethod
@@ -159,7 +161,7 @@ def submit(json: ScanCreate):  # type: ignore[no-untyped-def]
     """Queue a URL for a scan in a throw-away container; poll the status URL."""
     try:
         with session_scope() as session:
-            job = submit_scan(session, json.url)
+            job = submit_scan(session, json.url, client_id=owner())
             body = {"id": job.id, "state": job.state}
     except InvalidScanUrl as exc:
         raise ApiError(400, "validation_error", f"invalid request: url: {exc.reason}",
@@ -176,10 +178,7 @@ def submit(json: ScanCreate):  # type: ignore[no-untyped-def]
 def get_scan(scan_id: str):  # type: ignore[no-untyped-def]
     """A scan: its state, its result when COMPLETED, and the audit trail of every change."""
     with session_scope() as session:
-        job = session.get(ScanJob, scan_id)
-        if job is None:
-            raise ApiError(404, "not_found", f"scan {scan_id!r} does not exist")
-        return scan_out(job)
+        return scan_out(owned(session, ScanJob, scan_id, "scan"))
 
 
 @bp.get("/api/scans")
@@ -191,7 +190,7 @@ def list_all(query: ScanQuery):  # type: ignore[no-untyped-def]
     """Scans, newest first, optionally only those in one state; paginated."""
     with session_scope() as session:
         rows, total = list_scans(session, state=query.state, limit=query.per_page,
-                                 offset=(query.page - 1) * query.per_page)
+                                 offset=(query.page - 1) * query.per_page, where=owner_clause(ScanJob))
         items = [
             ScanSummary(
                 id=job.id, url=job.url, state=job.state, attempts=job.attempts, error=job.error,

@@ -15,9 +15,10 @@ from flask import Blueprint
 from pydantic import BaseModel, Field, field_validator
 from spectree import Response
 
-from app.api.auth import require_api_key
+from app.api.auth import require_admin, require_api_key
+from app.api.ownership import owned, owner, referenced
 from app.api.errors import ApiError, ErrorResponse
-from app.api.spec import BEARER, spec
+from app.api.spec import ADMIN, BEARER, spec
 from app.db import session_scope
 from app.models.schedules import CallRequest, Campaign, Lead, Tenant
 from app.services import schedules as svc
@@ -184,7 +185,7 @@ def create_tenant(json: TenantCreate):  # type: ignore[no-untyped-def]
     try:
         with session_scope() as session:
             tenant = svc.create_tenant(session, name=json.name, plan=json.plan, trial_ends_at=json.trial_ends_at,
-                                       timezone=json.timezone, business_hours=json.business_hours)
+                                       timezone=json.timezone, business_hours=json.business_hours, client_id=owner())
             return _out(TenantOut, tenant), 201
     except svc.ScheduleInputError as exc:
         raise _bad(exc) from None
@@ -197,10 +198,7 @@ def create_tenant(json: TenantCreate):  # type: ignore[no-untyped-def]
 def get_tenant(tenant_id: int):  # type: ignore[no-untyped-def]
     """A tenant and its status (`active` or `suspended`)."""
     with session_scope() as session:
-        tenant = session.get(Tenant, tenant_id)
-        if tenant is None:
-            raise ApiError(404, "not_found", f"tenant {tenant_id} does not exist")
-        return _out(TenantOut, tenant)
+        return _out(TenantOut, owned(session, Tenant, tenant_id, "tenant"))
 
 
 @bp.post("/api/leads")
@@ -211,6 +209,7 @@ def create_lead(json: LeadCreate):  # type: ignore[no-untyped-def]
     """Create a lead; ``next_reminder_at`` schedules its first reminder email."""
     try:
         with session_scope() as session:
+            referenced(session, Tenant, json.tenant_id, svc.missing_tenant(json.tenant_id))
             lead = svc.create_lead(session, tenant_id=json.tenant_id, name=json.name, email=json.email,
                                    phone=json.phone, next_reminder_at=json.next_reminder_at)
             return _out(LeadOut, lead), 201
@@ -225,10 +224,7 @@ def create_lead(json: LeadCreate):  # type: ignore[no-untyped-def]
 def get_lead(lead_id: int):  # type: ignore[no-untyped-def]
     """A lead, its next reminder time and the reminders sent."""
     with session_scope() as session:
-        lead = session.get(Lead, lead_id)
-        if lead is None:
-            raise ApiError(404, "not_found", f"lead {lead_id} does not exist")
-        return _out(LeadOut, lead)
+        return _out(LeadOut, owned(session, Lead, lead_id, "lead"))
 
 
 @bp.post("/api/campaigns")
@@ -242,6 +238,7 @@ def create_campaign(json: CampaignCreate):  # type: ignore[no-untyped-def]
 
     try:
         with session_scope() as session:
+            referenced(session, Tenant, json.tenant_id, svc.missing_tenant(json.tenant_id))
             campaign = svc.create_campaign(
                 session, tenant_id=json.tenant_id, channel=json.channel, subject=json.subject,
                 template=json.template, scheduled_at=json.scheduled_at or utcnow(), recipients=json.recipients)
@@ -257,10 +254,7 @@ def create_campaign(json: CampaignCreate):  # type: ignore[no-untyped-def]
 def get_campaign(campaign_id: int):  # type: ignore[no-untyped-def]
     """A campaign's status and counters, with the skipped or failed recipients and why."""
     with session_scope() as session:
-        campaign = session.get(Campaign, campaign_id)
-        if campaign is None:
-            raise ApiError(404, "not_found", f"campaign {campaign_id} does not exist")
-        return _campaign_out(session, campaign)
+        return _campaign_out(session, owned(session, Campaign, campaign_id, "campaign"))
 
 
 @bp.post("/api/calls")
@@ -273,6 +267,8 @@ def create_call(json: CallCreate):  # type: ignore[no-untyped-def]
 
     try:
         with session_scope() as session:
+            referenced(session, Tenant, json.tenant_id, svc.missing_tenant(json.tenant_id))
+            referenced(session, Lead, json.lead_id, svc.missing_lead(json.lead_id, json.tenant_id))
             call = svc.create_call(session, tenant_id=json.tenant_id, lead_id=json.lead_id,
                                    scheduled_for=json.scheduled_for or utcnow())
             return _out(CallOut, call), 201
@@ -287,10 +283,7 @@ def create_call(json: CallCreate):  # type: ignore[no-untyped-def]
 def get_call(call_id: int):  # type: ignore[no-untyped-def]
     """A call request's status, attempts and provider call id."""
     with session_scope() as session:
-        call = session.get(CallRequest, call_id)
-        if call is None:
-            raise ApiError(404, "not_found", f"call {call_id} does not exist")
-        return _out(CallOut, call)
+        return _out(CallOut, owned(session, CallRequest, call_id, "call"))
 
 
 def _next_run(name: str) -> datetime | None:
@@ -310,10 +303,12 @@ def _next_run(name: str) -> datetime | None:
 
 
 @bp.get("/api/schedules")
-@spec.validate(resp=Response(HTTP_200=JobStatusList, HTTP_401=ErrorResponse), tags=["schedules"], security=BEARER)
-@require_api_key
+@spec.validate(resp=Response(HTTP_200=JobStatusList, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse),
+               tags=["schedules"], security=ADMIN)
+@require_admin
 def job_status():  # type: ignore[no-untyped-def]
-    """Per scheduled job: last run (start, duration, outcome, counts), next run, and totals."""
+    """Per scheduled job (admin: the jobs serve every client): last run (start, duration,
+    outcome, counts), next run, and totals."""
     import celeryconfig
 
     jobs = []

@@ -16,6 +16,7 @@ from spectree import Response
 from spectree.model_adapter.pydantic_adapter import BaseFile
 
 from app.api.auth import require_api_key
+from app.api.ownership import not_found, owned, owner
 from app.api.errors import ApiError, ErrorResponse
 from app.api.nudge import nudge_relay
 from app.api.spec import BEARER, spec
@@ -162,14 +163,15 @@ def create(json: DirectUploadRequest, form: UploadForm):  # type: ignore[no-unty
         if size > limits.max_file_bytes:
             raise _too_large(size, limits.max_file_bytes)
         with session_scope() as session:
-            upload = create_upload(session, storage, filename=file.filename, stream=stream, size=size, limits=limits)
+            upload = create_upload(session, storage, filename=file.filename, stream=stream, size=size, limits=limits,
+                                   client_id=owner())
             body = _created(upload)
         return body, 201
     assert json is not None
     try:
         with session_scope() as session:
             upload, url = start_direct_upload(session, storage, filename=json.filename,
-                                              expires_in=settings.presign_expiry_seconds)
+                                              expires_in=settings.presign_expiry_seconds, client_id=owner())
             body = _created(upload, upload_url=url, upload_method="PUT", expires_in=settings.presign_expiry_seconds)
     except UploadStateError as exc:
         raise ApiError(400, exc.code, exc.message) from None
@@ -188,10 +190,11 @@ def complete(upload_id: str):  # type: ignore[no-untyped-def]
     storage = get_storage(current_app.config["SETTINGS"])
     try:
         with session_scope() as session:
+            owned(session, Upload, upload_id, "upload", lock=True)
             upload, queued_now = complete_upload(session, storage, upload_id, _limits())
             status, error = upload.status, upload.error
     except LookupError:
-        raise ApiError(404, "not_found", f"upload {upload_id!r} does not exist") from None
+        raise not_found("upload", upload_id) from None
     except UploadStateError as exc:
         raise ApiError(409, exc.code, exc.message) from None
     if status == "failed":  # a direct upload whose bytes were refused just now
@@ -210,9 +213,7 @@ def complete(upload_id: str):  # type: ignore[no-untyped-def]
 def upload_status(upload_id: str):  # type: ignore[no-untyped-def]
     """Status, progress (pages done of total), the parsed preview when ready, the reason when failed."""
     with session_scope() as session:
-        upload = session.get(Upload, upload_id)
-        if upload is None:
-            raise ApiError(404, "not_found", f"upload {upload_id!r} does not exist")
+        upload = owned(session, Upload, upload_id, "upload")
         total = upload.pages_total
         ready = upload.status == "ready"
         return UploadStatus(

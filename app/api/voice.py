@@ -22,7 +22,9 @@ from spectree import Response
 from spectree.model_adapter.pydantic_adapter import BaseFile
 
 from app.api.auth import AUTH_ATTR, _bearer, limited, require_admin, require_api_key
+from app.api.ownership import owned, owner
 from app.api.errors import ApiError, ErrorResponse
+from app.api.jsonfields import BoundedExtras, BoundedObject, check_bounded
 from app.api.nudge import nudge_relay
 from app.api.spec import ADMIN, BEARER, spec
 from app.db import session_scope
@@ -66,9 +68,23 @@ class VoiceForm(BaseModel):
 
     audio: BaseFile | None = Field(None, description="WAV, FLAC, OGG or MP3 (other codecs need ffmpeg on the worker).")
     transcript: str | None = Field(None, max_length=MAX_TRANSCRIPT_CHARS, description="The call's words, if known.")
-    metadata: str | None = Field(None, description="A JSON object kept with the task (caller id, campaign, …).")
+    metadata: str | None = Field(None, description="A JSON object kept with the task (caller id, campaign, …); "
+                                 "at most JSON_FIELD_MAX_BYTES and JSON_FIELD_MAX_DEPTH.")
     target: Literal["celery", "remote"] | None = Field(None, description="Celery queue or remote pull; default "
                                                        "VOICE_DEFAULT_TARGET.")
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded_metadata(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                parsed = jsonlib.loads(value)
+            except RecursionError:
+                raise ValueError("nested too deeply") from None
+            except ValueError:
+                return value  # named by the view's own parse
+            check_bounded(parsed)
+        return value
 
 
 class VoiceJson(BaseModel):
@@ -77,7 +93,8 @@ class VoiceJson(BaseModel):
     storage_key: str | None = Field(None, max_length=1024, description="Key of a clip in this deployment's storage.")
     audio_url: str | None = Field(None, max_length=4096, pattern=r"^https?://", description="http(s) URL of a clip.")
     transcript: str | None = Field(None, max_length=MAX_TRANSCRIPT_CHARS)
-    metadata: dict[str, Any] | None = None
+    metadata: BoundedObject | None = Field(None, description="Kept with the task; at most JSON_FIELD_MAX_BYTES "
+                                           "and JSON_FIELD_MAX_DEPTH.")
     target: Literal["celery", "remote"] | None = None
 
 
@@ -88,8 +105,9 @@ class VoiceAccepted(BaseModel):
     status_url: str
 
 
-class VoiceResult(BaseModel):
-    """What a worker reports; the schema is in docs/voice.md."""
+class VoiceResult(BoundedExtras):
+    """What a worker reports; the schema is in docs/voice.md. Extra fields are kept,
+    bounded like any free-form JSON field."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -175,6 +193,9 @@ def submit(json: VoiceJson, form: VoiceForm):  # type: ignore[no-untyped-def]
                 exists = storage.exists(json.storage_key)
             except ValueError as exc:
                 raise _bad("storage_key", str(exc)) from None
+            if exists:  # only the caller's own clips and files; another's reads as missing
+                with session_scope() as session:
+                    exists = voice_tasks.key_in_voice_area(session, json.storage_key, owner())
             if not exists:
                 raise _bad("storage_key", f"no object at storage key {json.storage_key!r}")
             audio_key = json.storage_key
@@ -192,7 +213,7 @@ def submit(json: VoiceJson, form: VoiceForm):  # type: ignore[no-untyped-def]
     with session_scope() as session:
         task = voice_tasks.create_task(session, task_id=task_id, target=target, audio_key=audio_key,
                                        audio_url=audio_url, transcript=transcript, meta=meta,
-                                       api_key_id=g.api_key_id)
+                                       api_key_id=g.api_key_id, client_id=owner())
         status = task.status
     if target == "celery":
         nudge_relay()
@@ -221,10 +242,7 @@ def _parse_metadata(raw: str | None) -> dict[str, Any]:
 def get_task(task_id: str):  # type: ignore[no-untyped-def]
     """Status of a voice task; the result when completed, the reason when failed."""
     with session_scope() as session:
-        task = session.get(VoiceTask, task_id)
-        if task is None:
-            raise ApiError(404, "not_found", f"voice task {task_id!r} does not exist")
-        return _task_out(task)
+        return _task_out(owned(session, VoiceTask, task_id, "voice task"))
 
 
 # --- remote worker protocol ----------------------------------------------------------------
@@ -285,7 +303,9 @@ class TaskState(BaseModel):
     lease_expires_at: datetime | None = None
 
 
-class Heartbeat(BaseModel):
+class Heartbeat(BoundedExtras):
+    """Extra fields are kept as the worker's info, bounded like any free-form JSON field."""
+
     model_config = ConfigDict(extra="allow")
 
     worker_id: str | None = Field(None, max_length=200, description="The worker's WORKER_ID (its host name by default).")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from app.models import files, jobs, ocr, scans, schedules, voice  # noqa: F401  (registers their tables)
-from app.models.auth import ApiKey
+from app.models.auth import ApiKey, Client
 from app.models.base import Base
 from app.models.messages import DeadLetter, Message, MessageDelivery, MessageStatusUpdate
 from app.models.outbox import OutboxEvent
 
-__all__ = ["Base", "ApiKey", "OutboxEvent", "Message", "MessageDelivery", "MessageStatusUpdate", "DeadLetter"]
+__all__ = ["Base", "ApiKey", "Client", "OutboxEvent", "Message", "MessageDelivery", "MessageStatusUpdate", "DeadLetter"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import DateTime, MetaData
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy import DateTime, ForeignKey, MetaData
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -46,3 +46,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: UTCDateTime()}
+
+
+class ClientOwned:
+    """Mixin of every row a client creates: the owning client, which scopes every read,
+    list and action of the API (``app.api.ownership``). None: made by the admin
+    credential or the system, visible to the admin only."""
+
+    client_id: Mapped[int | None] = mapped_column(ForeignKey("clients.id"), index=True, default=None)

@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, utcnow
+from app.models.base import Base, ClientOwned, utcnow
 from app.models.outbox import BigId
 
 UPLOADING = "UPLOADING"
@@ -22,7 +22,7 @@ FAILED = "FAILED"
 STATUSES = (UPLOADING, MERGING, COMPLETED, FAILED)
 
 
-class File(Base):
+class File(ClientOwned, Base):
     __tablename__ = "files"
     __table_args__ = (
         # The garbage collector's scan: uploads of a status idle since before a cutoff.

@@ -8,16 +8,23 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.models.base import Base, utcnow
+from app.models.base import Base, ClientOwned, utcnow
 from app.models.outbox import BigId
 
 CHANNELS = ("whatsapp", "instagram")
 
 
-class Message(Base):
+class Message(ClientOwned, Base):
     __tablename__ = "messages"
+    # Client-chosen ids are unique per client, not globally.
+    __table_args__ = (UniqueConstraint("client_id", "client_ref"),)
 
+    # Internal id, chosen by the server (a client's id never becomes it): what deliveries,
+    # dead letters, outbox events and the dedup keys refer to.
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The id the client chose (its idempotency key) or was given; None for messages the
+    # system sends on a client's behalf (campaigns), which no client id can name.
+    client_ref: Mapped[str | None] = mapped_column(String(64), default=None)
     conversation_id: Mapped[str] = mapped_column(String(128), index=True)
     channel: Mapped[str] = mapped_column(String(16))  # whatsapp | instagram | all
     recipient: Mapped[str] = mapped_column(String(128))
@@ -84,7 +91,7 @@ class MessageStatusUpdate(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class DeadLetter(Base):
+class DeadLetter(ClientOwned, Base):
     __tablename__ = "dead_letters"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -95,3 +102,10 @@ class DeadLetter(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     replayed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    message: Mapped[Message] = relationship(lazy="joined", viewonly=True)
+
+    @property
+    def message_ref(self) -> str:
+        """The message's id as its client knows it (the internal id for system messages)."""
+        return self.message.client_ref or self.message_id

@@ -14,12 +14,12 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Float, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, utcnow
+from app.models.base import Base, ClientOwned, utcnow
 
 STATUSES = ("uploaded", "queued", "processing", "ready", "failed")
 
 
-class Upload(Base):
+class Upload(ClientOwned, Base):
     __tablename__ = "uploads"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -15,13 +15,13 @@ from typing import Any
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.models.base import Base, utcnow
+from app.models.base import Base, ClientOwned, utcnow
 from app.models.outbox import BigId
 
 STATES = ("QUEUED", "FETCHING", "ANALYZING", "COMPLETED", "FAILED", "TIMED_OUT")
 
 
-class ScanJob(Base):
+class ScanJob(ClientOwned, Base):
     """One URL to scan, its state and the optimistic-lock version."""
 
     __tablename__ = "scan_jobs"

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, utcnow
+from app.models.base import Base, ClientOwned, utcnow
 from app.models.outbox import BigId
 
 TENANT_STATUSES = ("active", "suspended")
@@ -25,7 +25,7 @@ CALL_STATUSES = ("queued", "dialing", "done", "failed", "expired")
 CALL_TERMINAL = ("done", "failed", "expired")
 
 
-class Tenant(Base):
+class Tenant(ClientOwned, Base):
     __tablename__ = "tenants"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -40,7 +40,7 @@ class Tenant(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Lead(Base):
+class Lead(ClientOwned, Base):
     __tablename__ = "leads"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -55,7 +55,7 @@ class Lead(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Campaign(Base):
+class Campaign(ClientOwned, Base):
     __tablename__ = "campaigns"
     __table_args__ = (Index("ix_campaigns_status_scheduled", "status", "scheduled_at"),)
 
@@ -95,7 +95,7 @@ class CampaignRecipient(Base):
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
-class CallRequest(Base):
+class CallRequest(ClientOwned, Base):
     __tablename__ = "call_requests"
     __table_args__ = (Index("ix_call_requests_status_scheduled", "status", "scheduled_for"),)
 

@@ -15,13 +15,13 @@ from typing import Any
 from sqlalchemy import JSON, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, utcnow
+from app.models.base import Base, ClientOwned, utcnow
 
 STATUSES = ("pending", "claimed", "processing", "completed", "failed")
 TARGETS = ("celery", "remote")
 
 
-class VoiceTask(Base):
+class VoiceTask(ClientOwned, Base):
     __tablename__ = "voice_tasks"
     __table_args__ = (
         Index("ix_voice_tasks_pull", "status", "target", "created_at"),

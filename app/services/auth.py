@@ -1,4 +1,4 @@
-"""Client API keys: create, verify and revoke. Only a SHA-256 hash is stored."""
+"""Clients and their API keys: create, verify and revoke. Only a SHA-256 hash is stored."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models.auth import ApiKey
+from app.models.auth import ApiKey, Client
 from app.models.base import utcnow
 
 KEY_PREFIX = "ak_"
@@ -22,10 +22,45 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_api_key(session: Session, name: str) -> tuple[ApiKey, str]:
-    """Add a key and return it with its plaintext, which is shown once and never stored."""
+class UnknownClient(LookupError):
+    """``--client`` names no client."""
+
+
+def find_client(session: Session, ref: str | int) -> Client | None:
+    """A client by id (digits) or by name; a name shared by several clients names none."""
+    if isinstance(ref, int) or str(ref).isdigit():
+        client = session.get(Client, int(ref))
+        if client is not None:
+            return client
+    found = list(session.scalars(select(Client).where(Client.name == str(ref)).limit(2)))
+    if len(found) > 1:
+        raise UnknownClient(f"several clients are named {ref!r}; give the client's id")
+    return found[0] if found else None
+
+
+def create_client(session: Session, name: str) -> Client:
+    """Add a client (an account of the API: a service or team)."""
+    client = Client(name=name)
+    session.add(client)
+    session.flush()
+    return client
+
+
+def create_api_key(session: Session, name: str, client: str | int | None = None) -> tuple[ApiKey, str]:
+    """Add a key and return it with its plaintext, which is shown once and never stored.
+
+    ``client`` (id or name) adds the key to that client, which keeps access to all its
+    work; None makes a new client named ``name``.
+    """
+    if client is None:
+        owner = create_client(session, name)
+    else:
+        found = find_client(session, client)
+        if found is None:
+            raise UnknownClient(f"no client {client!r}")
+        owner = found
     token = KEY_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(name=name, prefix=token[:10], key_hash=_hash(token))
+    key = ApiKey(name=name, client_id=owner.id, prefix=token[:10], key_hash=_hash(token))
     session.add(key)
     session.flush()
     return key, token
@@ -65,3 +100,7 @@ def revoke_api_key(session: Session, key_id: int) -> bool:
 
 def list_api_keys(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def list_clients(session: Session) -> list[Client]:
+    return list(session.scalars(select(Client).order_by(Client.id)))

@@ -252,9 +252,11 @@ def create_upload(
     content_type: str | None,
     chunk_size: int | None,
     limits: FileLimits,
-    api_key_id: int | None,
+    api_key_id: int | None = None,
+    client_id: int | None = None,
 ) -> File:
-    """Add a new ``UPLOADING`` file with its chunk plan to the caller's transaction."""
+    """Add a new ``UPLOADING`` file of ``client_id`` (made with key ``api_key_id``) with its
+    chunk plan to the caller's transaction."""
     if size < 1:
         raise FileError("size must be at least 1 byte", [{"loc": ["size"], "msg": "at least 1", "type": "out_of_range"}])
     size_chunk, total = plan_chunks(size, chunk_size, limits)
@@ -266,6 +268,7 @@ def create_upload(
     file = File(
         id=uuid.uuid4().hex,
         api_key_id=api_key_id,
+        client_id=client_id,
         filename=clean,
         content_type=content_type or guess_content_type(clean),
         size=size,
@@ -294,13 +297,13 @@ def upload_url(storage: Storage, file: File, index: int, api_path: str, expires_
     return api_path
 
 
-def get_file(session: Session, file_id: str, api_key_id: int | None, *, lock: bool = False) -> File:
-    """The file, if it exists and belongs to ``api_key_id`` (None: any owner, for internal use)."""
+def get_file(session: Session, file_id: str, *, lock: bool = False) -> File:
+    """The file, if it exists (the API checks its owner first, ``app.api.ownership``)."""
     stmt = select(File).where(File.id == file_id)
     if lock:
         stmt = stmt.with_for_update()
     file = session.scalars(stmt).first()
-    if file is None or (api_key_id is not None and file.api_key_id != api_key_id):
+    if file is None:
         raise FileNotFound(f"file {file_id!r} does not exist")
     return file
 
@@ -333,7 +336,6 @@ def receive_chunk(
     stream: IO[bytes],
     content_length: int | None,
     sha256_hex: str | None,
-    api_key_id: int | None,
 ) -> ChunkReceipt:
     """Store chunk ``index`` from ``stream``, replacing any earlier upload of it.
 
@@ -347,7 +349,7 @@ def receive_chunk(
         if not _SHA256_RE.match(sha256_hex):
             raise ChecksumMismatch("the X-Chunk-SHA256 header must be 64 hex digits")
     with scope() as session:
-        file = get_file(session, file_id, api_key_id)
+        file = get_file(session, file_id)
         expected = expected_chunk_size(file, index)
         _check_accepts_chunks(file)
     if content_length is not None and content_length != expected:
@@ -380,7 +382,7 @@ def receive_chunk(
         key = chunk_key(file_id, index)
         now = utcnow()
         with scope() as session:
-            file = get_file(session, file_id, api_key_id, lock=True)
+            file = get_file(session, file_id, lock=True)
             _check_accepts_chunks(file)
             spool.seek(0)
             _store_chunk(storage, key, spool, size, md5_hex)
@@ -491,13 +493,13 @@ def _sync_chunks_from_s3(session: Session, storage: S3Storage, file: File) -> li
 
 
 # --- completing -------------------------------------------------------------------------------------
-def complete_upload(session: Session, storage: Storage, file_id: str, api_key_id: int | None) -> tuple[File, bool]:
+def complete_upload(session: Session, storage: Storage, file_id: str) -> tuple[File, bool]:
     """Check every chunk is there, set ``MERGING`` and add the merge's outbox event.
 
     Returns the file and whether a merge was enqueued now (False: already merging or
     completed, nothing new). A FAILED file whose chunks are kept may be completed again.
     """
-    file = get_file(session, file_id, api_key_id, lock=True)
+    file = get_file(session, file_id, lock=True)
     if file.status in (MERGING, COMPLETED):
         return file, False
     if file.status == FAILED and file.chunks_purged_at is not None:

@@ -175,8 +175,8 @@ def storage_key(upload_id: str) -> str:
 
 
 def create_upload(session: Session, storage: Storage, *, filename: str | None, stream: IO[bytes],
-                  size: int, limits: OcrLimits) -> Upload:
-    """Store a multipart upload and its row (``uploaded``).
+                  size: int, limits: OcrLimits, client_id: int | None = None) -> Upload:
+    """Store a multipart upload and its row (``uploaded``) of ``client_id``.
 
     The bytes are checked at once: an empty file or a type not allowed is recorded as
     ``failed`` with its reason and not stored, so the client has an id and a status
@@ -187,7 +187,7 @@ def create_upload(session: Session, storage: Storage, *, filename: str | None, s
     stream.seek(0)
     content_type = detect_content_type(head)
     upload = Upload(id=upload_id, filename=sanitize_filename(filename), content_type=content_type, size=size,
-                    storage_key=storage_key(upload_id), status="uploaded")
+                    storage_key=storage_key(upload_id), status="uploaded", client_id=client_id)
     try:
         check_size(size, limits)
         check_type(content_type, limits)
@@ -204,7 +204,7 @@ def create_upload(session: Session, storage: Storage, *, filename: str | None, s
 
 
 def start_direct_upload(session: Session, storage: Storage, *, filename: str | None,
-                        expires_in: int) -> tuple[Upload, str]:
+                        expires_in: int, client_id: int | None = None) -> tuple[Upload, str]:
     """Create a row and a presigned PUT URL the client uploads to (S3 backend only)."""
     if not isinstance(storage, S3Storage):
         raise UploadStateError(
@@ -213,7 +213,7 @@ def start_direct_upload(session: Session, storage: Storage, *, filename: str | N
         )
     upload_id = uuid.uuid4().hex
     upload = Upload(id=upload_id, filename=sanitize_filename(filename), storage_key=storage_key(upload_id),
-                    status="uploaded")
+                    status="uploaded", client_id=client_id)
     session.add(upload)
     session.flush()
     url = storage.client.generate_presigned_url(
@@ -411,6 +411,8 @@ def _give_up(deps: OcrDeps, upload_id: str, attempts: int) -> ProcessOutcome:
               "each time (killed, out of memory or crashed); the file may be too demanding to OCR")
     if not fail_upload(deps.scope, upload_id, reason):
         return ProcessOutcome("already_done")
+    for stale in deps.tmp_root.glob(f"ocr-{upload_id}-*"):  # what the dead attempts left
+        shutil.rmtree(stale, ignore_errors=True)
     logger.warning("upload failed: attempts used up", extra={"upload_id": upload_id, "attempts": attempts})
     return ProcessOutcome("failed", "failed", error=reason)
 

@@ -17,6 +17,7 @@ Exactly-once effect rests on three checks, cheapest first:
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -63,30 +64,50 @@ def dedup_key(message_id: str) -> str:
 
 
 # --- accepting -------------------------------------------------------------------------
+#: Internal ids of the messages the system sends start with this; no client id may.
+SYSTEM_ID_PREFIX = "sys:"
+
+
 def submit_message(
     session: Session,
     *,
-    message_id: str,
     conversation_id: str,
     channel: str,
     recipient: str,
     content: str,
+    client_id: int | None = None,
+    client_ref: str | None = None,
+    message_id: str | None = None,
 ) -> tuple[Message, bool]:
     """Add the message, its deliveries and its outbox event in the caller's transaction.
 
-    The id is the idempotency key: the same message again returns the stored one
-    (``created`` False) and adds nothing; a different message under the same id raises.
+    A client's message is named by ``client_ref``, its idempotency key, unique per
+    client: the same message again returns the stored one (``created`` False) and adds
+    nothing; a different message under the same id raises; another client's message of
+    that id is never seen. ``message_id`` is the internal id of a message the system sends
+    (campaigns; ``SYSTEM_ID_PREFIX``), which no client id can reach.
     """
-    existing = session.get(Message, message_id)
+    if client_ref is not None:
+        owner = Message.client_id.is_(None) if client_id is None else Message.client_id == client_id
+        existing = session.scalars(select(Message).where(owner, Message.client_ref == client_ref)).first()
+    else:
+        existing = session.get(Message, message_id) if message_id is not None else None
     if existing is not None:
         same = (existing.conversation_id, existing.channel, existing.recipient, existing.content) == (
             conversation_id, channel, recipient, content,
         )
         if not same:
-            raise MessageConflict(f"message id {message_id!r} is already used by a different message")
+            raise MessageConflict(f"message id {client_ref or message_id!r} is already used by a different message")
         return existing, False
+    if message_id is None:
+        # The first message to use an id keeps it as its internal id (what the channels see);
+        # another client's message of the same id gets a fresh one. A racing insert of the
+        # same internal id fails on the primary key and is retried by the caller.
+        taken = client_ref is None or client_ref.startswith(SYSTEM_ID_PREFIX) or session.get(Message, client_ref)
+        message_id = uuid.uuid4().hex if taken else client_ref
     message = Message(
-        id=message_id, conversation_id=conversation_id, channel=channel, recipient=recipient, content=content
+        id=message_id, client_id=client_id, client_ref=client_ref, conversation_id=conversation_id,
+        channel=channel, recipient=recipient, content=content,
     )
     session.add(message)
     targets = CHANNELS if channel == "all" else (channel,)
@@ -151,7 +172,7 @@ def _dead_letter(session: Session, delivery: MessageDelivery, kind: str, error: 
     session.add(
         DeadLetter(
             message_id=delivery.message_id, channel=delivery.channel, error=error[:2000],
-            error_kind=kind, attempts=delivery.attempts,
+            error_kind=kind, attempts=delivery.attempts, client_id=delivery.message.client_id,
         )
     )
 
@@ -283,9 +304,10 @@ def route_message(deps: RouteDeps, message_id: str, task_id: str) -> RouteOutcom
 # --- dead-letter queue ----------------------------------------------------------------------
 def list_dead_letters(
     session: Session, *, channel: str | None = None, error: str | None = None,
-    replayed: bool | None = None, limit: int = 50, offset: int = 0,
+    replayed: bool | None = None, limit: int = 50, offset: int = 0, where: Any = None,
 ) -> tuple[list[DeadLetter], int]:
-    stmt = select(DeadLetter)
+    """Dead letters newest first; ``where`` narrows them (to one client's)."""
+    stmt = select(DeadLetter) if where is None else select(DeadLetter).where(where)
     if channel:
         stmt = stmt.where(DeadLetter.channel == channel)
     if error:

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import docker
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from app.models.base import utcnow
@@ -173,10 +173,10 @@ def validate_url(url: str) -> str:
     return url
 
 
-def submit_scan(session: Session, url: str, worker: str = "api") -> ScanJob:
-    """Create a QUEUED job, its first audit row and its outbox event (caller commits)."""
+def submit_scan(session: Session, url: str, worker: str = "api", client_id: int | None = None) -> ScanJob:
+    """Create a QUEUED job of ``client_id``, its first audit row and its outbox event (caller commits)."""
     url = validate_url(url)
-    job = ScanJob(id=uuid.uuid4().hex, url=url, state=QUEUED, version=1, attempts=0)
+    job = ScanJob(id=uuid.uuid4().hex, url=url, state=QUEUED, version=1, attempts=0, client_id=client_id)
     session.add(job)
     session.flush()
     session.add(ScanAudit(job_id=job.id, from_state=None, to_state=QUEUED, version=1, worker=worker,
@@ -186,10 +186,14 @@ def submit_scan(session: Session, url: str, worker: str = "api") -> ScanJob:
     return job
 
 
-def list_scans(session: Session, *, state: str | None, limit: int, offset: int) -> tuple[list[ScanJob], int]:
-    """Jobs newest first, optionally in one state, and how many there are in all."""
+def list_scans(session: Session, *, state: str | None, limit: int, offset: int,
+               where: ColumnElement[bool] | None = None) -> tuple[list[ScanJob], int]:
+    """Jobs newest first, optionally in one state, and how many there are in all;
+    ``where`` narrows them (to one client's)."""
     query = select(ScanJob)
     count = select(func.count()).select_from(ScanJob)
+    if where is not None:
+        query, count = query.where(where), count.where(where)
     if state:
         query = query.where(ScanJob.state == state)
         count = count.where(ScanJob.state == state)

@@ -35,7 +35,7 @@ from app.models.schedules import (
 )
 from app.services.jobs import RunHandle, Scope, job_run, record_skip
 from app.services.outbox import add_event
-from app.services.routing import submit_message
+from app.services.routing import SYSTEM_ID_PREFIX, submit_message
 
 logger = logging.getLogger(__name__)
 
@@ -241,31 +241,40 @@ def check_phone(number: str) -> str:
 
 
 def create_tenant(session: Session, *, name: str, plan: str, trial_ends_at: datetime | None, timezone: str,
-                  business_hours: Any) -> Tenant:
-    """Validate and add a tenant (timezone and hours checked here so bad input never reaches a job)."""
+                  business_hours: Any, client_id: int | None = None) -> Tenant:
+    """Validate and add a tenant of ``client_id`` (timezone and hours checked here so bad
+    input never reaches a job). Its leads, campaigns and calls belong to the same client."""
     check_timezone(timezone)
     hours = parse_business_hours(business_hours)
     if plan == "trial" and trial_ends_at is None:
         raise ScheduleInputError("a trial tenant needs trial_ends_at", ["trial_ends_at"])
     tenant = Tenant(name=name, plan=plan, trial_ends_at=trial_ends_at, timezone=timezone,
-                    business_hours=hours_to_json(hours))
+                    business_hours=hours_to_json(hours), client_id=client_id)
     session.add(tenant)
     session.flush()
     return tenant
 
 
+def missing_tenant(tenant_id: int) -> ScheduleInputError:
+    return ScheduleInputError(f"tenant {tenant_id} does not exist", ["tenant_id"])
+
+
+def missing_lead(lead_id: int, tenant_id: int) -> ScheduleInputError:
+    return ScheduleInputError(f"lead {lead_id} does not exist for tenant {tenant_id}", ["lead_id"])
+
+
 def _tenant(session: Session, tenant_id: int) -> Tenant:
     tenant = session.get(Tenant, tenant_id)
     if tenant is None:
-        raise ScheduleInputError(f"tenant {tenant_id} does not exist", ["tenant_id"])
+        raise missing_tenant(tenant_id)
     return tenant
 
 
 def create_lead(session: Session, *, tenant_id: int, name: str, email: str | None, phone: str | None,
                 next_reminder_at: datetime | None) -> Lead:
     """Validate and add a lead."""
-    _tenant(session, tenant_id)
-    lead = Lead(tenant_id=tenant_id, name=name, email=check_email(email) if email else None,
+    tenant = _tenant(session, tenant_id)
+    lead = Lead(tenant_id=tenant_id, client_id=tenant.client_id, name=name, email=check_email(email) if email else None,
                 phone=check_phone(phone) if phone else None, next_reminder_at=next_reminder_at)
     session.add(lead)
     session.flush()
@@ -274,13 +283,13 @@ def create_lead(session: Session, *, tenant_id: int, name: str, email: str | Non
 
 def create_call(session: Session, *, tenant_id: int, lead_id: int, scheduled_for: datetime) -> CallRequest:
     """Queue a call to a lead of the tenant (the lead needs a phone number)."""
-    _tenant(session, tenant_id)
+    tenant = _tenant(session, tenant_id)
     lead = session.get(Lead, lead_id)
     if lead is None or lead.tenant_id != tenant_id:
-        raise ScheduleInputError(f"lead {lead_id} does not exist for tenant {tenant_id}", ["lead_id"])
+        raise missing_lead(lead_id, tenant_id)
     if not lead.phone:
         raise ScheduleInputError(f"lead {lead_id} has no phone number", ["lead_id"])
-    call = CallRequest(tenant_id=tenant_id, lead_id=lead_id, scheduled_for=scheduled_for)
+    call = CallRequest(tenant_id=tenant_id, lead_id=lead_id, scheduled_for=scheduled_for, client_id=tenant.client_id)
     session.add(call)
     session.flush()
     return call
@@ -292,7 +301,7 @@ def create_campaign(session: Session, *, tenant_id: int, channel: str, subject: 
 
     Refused outright (``ScheduleInputError``): no recipients at all, or none deliverable.
     """
-    _tenant(session, tenant_id)
+    tenant = _tenant(session, tenant_id)
     if not recipients:
         raise ScheduleInputError("a campaign needs at least one recipient", ["recipients"])
     seen: dict[str, tuple[str, str | None]] = {}
@@ -309,7 +318,7 @@ def create_campaign(session: Session, *, tenant_id: int, channel: str, subject: 
         raise ScheduleInputError("no recipient is a valid address: " + "; ".join(d or "" for _, d in seen.values()),
                                  ["recipients"])
     campaign = Campaign(tenant_id=tenant_id, channel=channel, subject=subject, template=template,
-                        scheduled_at=scheduled_at, total=len(seen))
+                        scheduled_at=scheduled_at, total=len(seen), client_id=tenant.client_id)
     session.add(campaign)
     session.flush()
     for address, detail in seen.values():
@@ -407,6 +416,7 @@ def send_campaign_batch(
         if campaign is None or campaign.status != "sending":
             return result
         channel, subject, template = campaign.channel, campaign.subject, campaign.template
+        client_id = campaign.client_id
         rows = session.execute(select(CampaignRecipient.id, CampaignRecipient.address, CampaignRecipient.status).where(
             CampaignRecipient.campaign_id == campaign_id, CampaignRecipient.batch == batch,
             CampaignRecipient.status.in_(("pending", "sending")),
@@ -425,7 +435,8 @@ def send_campaign_batch(
                 with scope() as session:
                     if not _claim_recipient(session, rid):
                         continue
-                    submit_message(session, message_id=f"campaign-{campaign_id}-{rid}",
+                    # A system id (no client_ref): no client can write it, name it or pre-empt it.
+                    submit_message(session, message_id=f"{SYSTEM_ID_PREFIX}campaign-{campaign_id}-{rid}", client_id=client_id,
                                    conversation_id=f"campaign-{campaign_id}", channel="whatsapp",
                                    recipient=address, content=template)
                     session.execute(update(CampaignRecipient).where(CampaignRecipient.id == rid)

@@ -24,6 +24,7 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from app import outbound
 from app.models.base import utcnow
 from app.models.voice import VoiceTask
 from app.services.outbox import add_event
@@ -52,6 +53,11 @@ class AudioFetchError(Exception):
     """The task's audio could not be fetched (transient: the source may come back)."""
 
 
+class AudioURLBlocked(Exception):
+    """The outbound address policy refuses the task's ``audio_url`` (or a redirect of it):
+    final, the task fails with ``blocked_address``."""
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
 
@@ -59,6 +65,26 @@ def new_task_id() -> str:
 def audio_key_for(task_id: str) -> str:
     """Deterministic storage key of an uploaded clip: a retried upload overwrites itself."""
     return f"voice/{task_id}/audio"
+
+
+def key_in_voice_area(session: Session, key: str, client_id: int | None) -> bool:
+    """Whether ``key`` lies in the voice area of ``client_id``: the clip of one of its own
+    voice tasks, or a merged file of its own (``files/<id>/data``). ``client_id`` None
+    (the admin credential) may name any key. Another client's key is judged exactly like
+    a missing one by the caller."""
+    if client_id is None:
+        return True
+    from app.models.files import COMPLETED, File
+    from app.services.files import object_key
+
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] == "voice" and parts[2] == "audio" and audio_key_for(parts[1]) == key:
+        task = session.get(VoiceTask, parts[1])
+        return task is not None and task.client_id == client_id
+    if len(parts) == 3 and parts[0] == "files" and object_key(parts[1]) == key:
+        file = session.get(File, parts[1])
+        return file is not None and file.client_id == client_id and file.status == COMPLETED
+    return False
 
 
 def create_task(
@@ -71,10 +97,13 @@ def create_task(
     transcript: str | None = None,
     meta: dict[str, Any] | None = None,
     api_key_id: int | None = None,
+    client_id: int | None = None,
 ) -> VoiceTask:
-    """Add a pending task; a Celery-targeted one gets its outbox event in the same transaction."""
+    """Add a pending task of ``client_id``; a Celery-targeted one gets its outbox event in
+    the same transaction."""
     task = VoiceTask(id=task_id, target=target, audio_key=audio_key, audio_url=audio_url, transcript=transcript,
-                     meta=meta or {}, status="pending", attempts=0, version=0, api_key_id=api_key_id)
+                     meta=meta or {}, status="pending", attempts=0, version=0, api_key_id=api_key_id,
+                     client_id=client_id)
     session.add(task)
     session.flush()
     if target == "celery":
@@ -327,13 +356,23 @@ def sweep_expired(session: Session, max_attempts: int, now: datetime | None = No
 
 
 def read_audio(audio_key: str | None, audio_url: str | None, open_key: Any, *, timeout: float, max_bytes: int,
-               http: requests.Session | None = None) -> bytes | None:
-    """A task's audio bytes from storage (``open_key(key)`` context manager) or its URL; ``None``: no audio."""
+               allow: list[outbound.AllowRule] | None = None) -> bytes | None:
+    """A task's audio bytes from storage (``open_key(key)`` context manager) or its URL; ``None``: no audio.
+
+    The URL is the client's, so it is fetched under the outbound address policy
+    (``app.outbound``; ``allow`` holds its exceptions): ``AudioURLBlocked`` when the policy
+    refuses it, ``AudioFetchError`` when it cannot be had.
+    """
     if audio_key:
         with open_key(audio_key) as stream:
             return _read_capped(stream, max_bytes)
     if audio_url:
-        return fetch_url(audio_url, timeout=timeout, max_bytes=max_bytes, http=http)
+        try:
+            return outbound.get(audio_url, allow=allow, timeout=timeout, max_bytes=max_bytes)
+        except outbound.Refused as exc:
+            raise AudioURLBlocked(str(exc)) from None
+        except outbound.FetchFailed as exc:
+            raise AudioFetchError(str(exc)) from None
     return None
 
 
@@ -352,7 +391,11 @@ def _read_capped(stream: IO[bytes], max_bytes: int) -> bytes:
 
 def fetch_url(url: str, *, timeout: float, max_bytes: int, http: requests.Session | None = None,
               headers: dict[str, str] | None = None) -> bytes:
-    """GET a clip with a timeout and a size cap; ``AudioFetchError`` when it cannot be had."""
+    """GET a clip with a timeout and a size cap; ``AudioFetchError`` when it cannot be had.
+
+    No address policy: for the links the server itself hands out (a remote worker's
+    signed download link). A client's URL goes through ``read_audio``.
+    """
     getter = http or requests
     try:
         with getter.get(url, timeout=timeout, stream=True, headers=headers or {}) as resp:

@@ -86,17 +86,17 @@ def _upload(scope, storage, data: bytes, *, chunk_size: int = 5 * MIB, name: str
     """Create an upload and send every chunk through ``receive_chunk``."""
     with scope() as session:
         file = svc.create_upload(session, filename=name, size=len(data), content_type=None,
-                                 chunk_size=chunk_size, limits=LIMITS, api_key_id=None)
+                                 chunk_size=chunk_size, limits=LIMITS)
     for i in range(file.total_chunks):
         body = data[i * file.chunk_size:(i + 1) * file.chunk_size]
         svc.receive_chunk(scope, storage, file_id=file.id, index=i, stream=io.BytesIO(body),
-                          content_length=len(body), sha256_hex=hashlib.sha256(body).hexdigest(), api_key_id=None)
+                          content_length=len(body), sha256_hex=hashlib.sha256(body).hexdigest())
     return file
 
 
 def _complete(scope, storage, file_id: str) -> None:  # type: ignore[no-untyped-def]
     with scope() as session:
-        _, enqueued = svc.complete_upload(session, storage, file_id, None)
+        _, enqueued = svc.complete_upload(session, storage, file_id)
         assert enqueued
 
 
@@ -158,8 +158,8 @@ def test_receive_chunk_checks_size_index_and_checksum(pg_database, local_storage
 
     with session_scope() as session:
         file = svc.create_upload(session, filename="x", size=6 * MIB, content_type=None, chunk_size=5 * MIB,
-                                 limits=LIMITS, api_key_id=None)
-    kwargs = dict(file_id=file.id, content_length=None, sha256_hex=None, api_key_id=None)
+                                 limits=LIMITS)
+    kwargs = dict(file_id=file.id, content_length=None, sha256_hex=None)
     with pytest.raises(svc.WrongChunkSize):
         svc.receive_chunk(session_scope, local_storage, index=1, stream=io.BytesIO(b"x" * 10), **kwargs)
     with pytest.raises(svc.WrongChunkSize):  # longer than the chunk: refused, not truncated
@@ -299,7 +299,7 @@ def test_chunk_replaced_after_complete_fails_keeps_chunks_and_can_be_retried(pg_
     # The client sends the right chunk 1 again and completes again.
     body = data[5 * MIB:10 * MIB]
     svc.receive_chunk(session_scope, s3_storage, file_id=file.id, index=1, stream=io.BytesIO(body),
-                      content_length=len(body), sha256_hex=None, api_key_id=None)
+                      content_length=len(body), sha256_hex=None)
     assert _file(session_scope, file.id).status == UPLOADING
     _complete(session_scope, s3_storage, file.id)
     assert svc.merge_file(session_scope, s3_storage, file.id, lease_seconds=30).result == "completed"
