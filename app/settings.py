@@ -118,6 +118,15 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         50 * 1024 * 1024, ge=1024, description="Largest request body the API accepts."
     )
+    json_field_max_bytes: int = Field(
+        8192, ge=256, le=1024 * 1024, description="Largest free-form JSON field a request may carry (voice "
+        "`metadata`, extra fields of a remote worker's result or heartbeat), bytes as compact JSON; larger answers "
+        "400 naming the field.",
+    )
+    json_field_max_depth: int = Field(
+        8, ge=1, le=64, description="Deepest nesting of objects and arrays in a free-form JSON field; deeper "
+        "answers 400 naming the field.",
+    )
     flower_port: int = Field(5555, ge=1, le=65535, description="Port of Flower.")
     flower_user: str = Field("admin", description="Flower basic-auth user.")
     flower_password: SecretStr = Field(

@@ -31,7 +31,8 @@ def _validation_error_to_api_error(req, resp, req_validation_error, instance, mo
             {"loc": list(err.get("loc", ())), "msg": err.get("msg"), "type": err.get("type")}
             for err in req_validation_error.errors(include_url=False, include_context=False)
         ]
-        fields = ", ".join(".".join(str(p) for p in d["loc"]) for d in details)
+        # A model-wide error (e.g. extra fields over their size cap together) has no loc.
+        fields = ", ".join(".".join(str(p) for p in d["loc"]) or "body" for d in details)
         raise ApiError(400, "validation_error", f"invalid request: {fields}", details)
     _check_json_body(view)
     _check_no_nul(view)

@@ -184,3 +184,62 @@ def test_production_starts_with_strong_secrets_and_dev_and_test_are_unaffected()
         loaded = load_settings(environment=environment, secret_key="change-me", admin_token="test-admin-token",
                                flower_password="", metrics_token="")
         assert loaded.environment == environment
+
+
+# --- 4. size caps on free-form JSON fields -------------------------------------------------
+
+RESULT = {"scam_score": 0.1, "risk_level": "LOW", "reasons": ["no scam signals found"], "confidence": 0.8}
+
+
+def _nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def _refused(resp, field: str) -> None:  # type: ignore[no-untyped-def]
+    body = resp.get_json()
+    assert resp.status_code == 400, body
+    assert body["error"]["code"] == "validation_error" and field in body["error"]["message"], body
+    assert any("JSON_FIELD_MAX" in (d.get("msg") or "") for d in body["error"]["details"]), body
+
+
+def test_voice_metadata_is_capped_in_size_and_depth(api) -> None:  # type: ignore[no-untyped-def]
+    from app.settings import get_settings
+
+    cap = get_settings().json_field_max_bytes
+    assert cap == 8192
+    _refused(api.post("/api/voice", json={"transcript": "hello", "metadata": {"note": "x" * cap}}), "metadata")
+    _refused(api.post("/api/voice", json={"transcript": "hello", "metadata": _nested(9)}), "metadata")
+    # The multipart form's metadata (a JSON string) is capped the same way.
+    form = {"transcript": "hello", "metadata": __import__("json").dumps({"note": "x" * cap})}
+    _refused(api.post("/api/voice", data=form, content_type="multipart/form-data"), "metadata")
+    # Under the caps the task is accepted and keeps its metadata.
+    fine = {"caller": "+15550001", "tags": ["a", "b"], "deep": _nested(7)}
+    accepted = api.post("/api/voice", json={"transcript": "hello", "metadata": fine})
+    assert accepted.status_code == 202, accepted.get_json()
+    assert api.get(accepted.get_json()["status_url"]).get_json()["metadata"] == fine
+
+
+@pytest.fixture
+def worker_headers(api) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    resp = api.client.post("/api/admin/workers", json={"name": "hardening"}, headers=api.admin)
+    assert resp.status_code == 201, resp.get_json()
+    return {"Authorization": f"Bearer {resp.get_json()['token']}"}
+
+
+def test_worker_result_and_heartbeat_extra_fields_are_capped(api, worker_headers) -> None:  # type: ignore[no-untyped-def]
+    complete = "/api/v1/worker/tasks/no-such-task/complete"
+    big = "x" * 9000
+    _refused(api.client.post(complete, json=RESULT | {"features": big}, headers=worker_headers), "features")
+    _refused(api.client.post(complete, json=RESULT | {"debug": _nested(9)}, headers=worker_headers), "debug")
+    # Within the caps the result passes validation (and reaches the view: no such task).
+    assert api.client.post(complete, json=RESULT | {"features": [1, 2]}, headers=worker_headers).status_code == 404
+    heartbeat = "/api/v1/worker/heartbeat"
+    _refused(api.client.post(heartbeat, json={"gpu": big}, headers=worker_headers), "gpu")
+    # Many extra fields each under the cap, together over it: refused as the body's.
+    many = {f"k{i}": "y" * 1000 for i in range(10)}
+    _refused(api.client.post(heartbeat, json=many, headers=worker_headers), "body")
+    ok = api.client.post(heartbeat, json={"worker_id": "w1", "gpu": "none", "load": [0.1, 0.2]}, headers=worker_headers)
+    assert ok.status_code == 200, ok.get_json()
