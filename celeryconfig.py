@@ -84,6 +84,12 @@ beat_schedule: dict[str, dict] = {
         "schedule": crontab(hour=2, minute=0),
         "options": {"expires": 12 * 3600},
     },
+    # Stored originals past their retention (RETENTION_*), daily at 03:00 UTC; dropped after 12 h.
+    "retention-gc": {
+        "task": "app.tasks.gc.purge_expired",
+        "schedule": crontab(hour=3, minute=0),
+        "options": {"expires": 12 * 3600},
+    },
     # (ocr entries go here)
     # Scans whose worker died go back to the queue (or fail); stray containers go.
     "scan-sweep": {

@@ -294,6 +294,30 @@ class Settings(BaseSettings):
             raise ValueError("must be below BROKER_VISIBILITY_TIMEOUT, or a running OCR task would be delivered twice")
         return value
 
+    # --- retention (the `gc` queue's daily purge, docs/operations.md "Retention") --------
+    retention_originals_days: float = Field(
+        30.0, gt=0, le=3650,
+        description="Days the stored original of a finished job is kept: an OCR upload's file after it is `ready`, "
+        "a voice clip under `voice/` after its task completed. The OCR text, preview and score stay.",
+    )
+    retention_failed_days: float = Field(
+        7.0, gt=0, le=3650,
+        description="Days the stored objects of a failed job are kept (an OCR upload's file, a voice clip), for a "
+        "look at what went wrong.",
+    )
+    retention_incomplete_hours: float = Field(
+        24.0, gt=0, le=8760,
+        description="Hours an OCR upload may wait for its `complete`; then it is FAILED and its file (or whatever a "
+        "presigned PUT stored) deleted. Must exceed PRESIGN_EXPIRY_SECONDS.",
+    )
+
+    @model_validator(mode="after")
+    def _check_retention(self) -> "Settings":
+        if self.retention_incomplete_hours * 3600 <= self.presign_expiry_seconds:
+            raise ValueError("RETENTION_INCOMPLETE_HOURS must exceed PRESIGN_EXPIRY_SECONDS, or a presigned upload URL "
+                             "would outlive the collection of its upload")
+        return self
+
     # --- scans -------------------------------------------------------------
     enable_scans: bool = Field(
         True, description="Serve the URL scan endpoints (`/api/scans`); false answers them with 503 `scans_disabled` "

@@ -1,4 +1,5 @@
-"""Garbage collection of abandoned chunked uploads (the daily job on the ``gc`` queue).
+"""Garbage collection on the ``gc`` queue: abandoned chunked uploads, and the retention
+purge of stored originals (``purge_expired_objects``, at the end of this module).
 
 An upload with no activity (creation, a chunk, a complete, a failed merge) for longer
 than the retention is abandoned:
@@ -27,10 +28,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select, update
 
+from app.models.base import utcnow
 from app.models.files import COMPLETED, FAILED, MERGING, UPLOADING, File
+from app.models.ocr import Upload
+from app.models.voice import VoiceTask
 from app.services.files import Scope, object_key, purge_chunks
+from app.services.voice_tasks import audio_key_for
 from app.storage import TMP_PREFIX, LocalStorage, S3Storage, Storage
 
 logger = logging.getLogger(__name__)
@@ -180,3 +185,183 @@ def remove_stale_temp_files(storage: LocalStorage, cutoff: datetime, protect: se
             except FileNotFoundError:
                 pass
     return removed
+
+
+# --- retention of stored originals --------------------------------------------------------------
+
+#: Where uploaded voice clips are stored (``app.services.voice_tasks.audio_key_for``); a
+#: task naming an object elsewhere (a client's own ``storage_key``) is not ours to delete.
+VOICE_AUDIO_PREFIX = "voice/"
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How long stored objects are kept (``RETENTION_*`` settings)."""
+
+    originals: timedelta  # after a job finished well (OCR ready, voice completed)
+    failed: timedelta  # after a job failed
+    incomplete: timedelta  # an OCR upload never completed
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RetentionPolicy:
+        return cls(originals=timedelta(days=settings.retention_originals_days),
+                   failed=timedelta(days=settings.retention_failed_days),
+                   incomplete=timedelta(hours=settings.retention_incomplete_hours))
+
+
+@dataclass
+class RetentionResult:
+    """Counts of one retention purge (they go to the job's last-run record)."""
+
+    ocr_incomplete_failed: int = 0  # uploads never completed: FAILED, file deleted
+    ocr_originals_deleted: int = 0  # originals of ready uploads
+    ocr_failed_deleted: int = 0  # originals of failed uploads
+    voice_audio_deleted: int = 0  # clips of completed or failed voice tasks
+    errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def purge_expired_objects(
+    scope: Scope,
+    storage: Storage,
+    *,
+    now: datetime,
+    policy: RetentionPolicy,
+    batch_size: int,
+    on_batch: Callable[[], Any] | None = None,
+) -> RetentionResult:
+    """Delete the stored objects whose retention ran out, and record it on their rows.
+
+    - an OCR upload still ``uploaded`` (its ``complete`` never came) created before
+      ``now - policy.incomplete`` is FAILED (conditionally: a ``complete`` that wins the
+      race keeps it) and its object deleted, whether a multipart upload stored it or a
+      presigned PUT did;
+    - the original of a ``ready`` upload finished before ``now - policy.originals``, and
+      of a ``failed`` one before ``now - policy.failed``, is deleted; the row keeps its
+      text, preview or reason and gets ``original_purged_at``;
+    - the clip of a completed (failed) voice task under ``voice/`` is deleted after the
+      same periods and the task's ``audio_key`` cleared, so no URL is made for it again.
+
+    Queued and processing uploads, pending or held voice tasks and anything younger
+    than its period are kept. The object is deleted before the row is marked, so an
+    interrupted run leaves work the next run repeats (deleting is idempotent). An
+    object that cannot be deleted is counted in ``errors`` and left for the next run.
+    """
+    result = RetentionResult()
+    _purge_incomplete_uploads(scope, storage, now - policy.incomplete, policy.incomplete, result, batch_size,
+                              on_batch)
+    for status, age, counter in (("ready", policy.originals, "ocr_originals_deleted"),
+                                 ("failed", policy.failed, "ocr_failed_deleted")):
+        _purge_finished_uploads(scope, storage, status, now - age, counter, result, batch_size, on_batch)
+    for status, age in (("completed", policy.originals), ("failed", policy.failed)):
+        _purge_voice_audio(scope, storage, status, now - age, result, batch_size, on_batch)
+    logger.info("retention purge", extra=result.as_dict())
+    return result
+
+
+def _delete(storage: Storage, key: str, what: str, row_id: str, result: RetentionResult) -> bool:
+    try:
+        storage.delete(key)
+        return True
+    except Exception:
+        logger.exception("could not delete an expired object", extra={"kind": what, "id": row_id, "key": key})
+        result.errors += 1
+        return False
+
+
+def _purge_incomplete_uploads(scope: Scope, storage: Storage, cutoff: datetime, age: timedelta,
+                              result: RetentionResult, batch_size: int, on_batch: Callable[[], Any] | None) -> None:
+    hours = age.total_seconds() / 3600
+    while True:
+        with scope() as session:
+            stmt = (select(Upload.id, Upload.storage_key)
+                    .where(Upload.status == "uploaded", Upload.created_at < cutoff)
+                    .order_by(Upload.created_at, Upload.id).limit(batch_size))
+            batch = session.execute(stmt).all()
+            failed: list[tuple[str, str]] = []
+            for upload_id, key in batch:
+                now = utcnow()
+                if session.execute(
+                    update(Upload).where(Upload.id == upload_id, Upload.status == "uploaded")
+                    .values(status="failed", finished_at=now, updated_at=now, claim_token=None,
+                            error=f"abandoned: the upload was not completed within {hours:g} h; its file was deleted"),
+                    execution_options={"synchronize_session": False},
+                ).rowcount:
+                    failed.append((upload_id, key))
+        # Committed: a late ``complete`` now answers "failed", so the object can go. A row
+        # failed here whose object could not be deleted is left to the failed-upload purge.
+        _purge_upload_objects(scope, storage, failed, "ocr_incomplete_failed", result)
+        if on_batch is not None and batch:
+            on_batch()
+        if len(batch) < batch_size:
+            return
+
+
+def _purge_finished_uploads(scope: Scope, storage: Storage, status: str, cutoff: datetime, counter: str,
+                            result: RetentionResult, batch_size: int, on_batch: Callable[[], Any] | None) -> None:
+    skip: set[str] = set()
+    while True:
+        with scope() as session:
+            batch = session.execute(
+                select(Upload.id, Upload.storage_key)
+                .where(Upload.status == status, Upload.original_purged_at.is_(None),
+                       func.coalesce(Upload.finished_at, Upload.updated_at) < cutoff, Upload.id.not_in(skip))
+                .order_by(Upload.finished_at, Upload.id).limit(batch_size)
+            ).all()
+        # Rows purged leave the selection; those that could not be are skipped until the next run.
+        skip.update(_purge_upload_objects(scope, storage, [(i, k) for i, k in batch], counter, result))
+        if on_batch is not None and batch:
+            on_batch()
+        if len(batch) < batch_size:
+            return
+
+
+def _purge_upload_objects(scope: Scope, storage: Storage, uploads: list[tuple[str, str]], counter: str,
+                          result: RetentionResult) -> set[str]:
+    """Delete the uploads' objects and mark them purged; the ids that could not be deleted."""
+    deleted = [upload_id for upload_id, key in uploads if _delete(storage, key, "ocr", upload_id, result)]
+    if not deleted:
+        return {upload_id for upload_id, _ in uploads}
+    with scope() as session:
+        session.execute(
+            update(Upload).where(Upload.id.in_(deleted), Upload.original_purged_at.is_(None))
+            .values(original_purged_at=utcnow()),
+            execution_options={"synchronize_session": False},
+        )
+    setattr(result, counter, getattr(result, counter) + len(deleted))
+    return {upload_id for upload_id, _ in uploads} - set(deleted)
+
+
+def _purge_voice_audio(scope: Scope, storage: Storage, status: str, cutoff: datetime, result: RetentionResult,
+                       batch_size: int, on_batch: Callable[[], Any] | None) -> None:
+    skip: set[str] = set()
+    while True:
+        with scope() as session:
+            batch = session.execute(
+                select(VoiceTask.id, VoiceTask.audio_key)
+                .where(VoiceTask.status == status, VoiceTask.audio_key.like(f"{VOICE_AUDIO_PREFIX}%"),
+                       func.coalesce(VoiceTask.finished_at, VoiceTask.updated_at) < cutoff,
+                       VoiceTask.id.not_in(skip))
+                .order_by(VoiceTask.finished_at, VoiceTask.id).limit(batch_size)
+            ).all()
+        for task_id, key in batch:
+            # Only the clip stored for this very task (voice/<id>/audio), never another task's.
+            if key != audio_key_for(task_id) or not _delete(storage, key, "voice", task_id, result):
+                skip.add(task_id)
+                continue
+            with scope() as session:
+                cleared = session.execute(
+                    update(VoiceTask).where(VoiceTask.id == task_id, VoiceTask.audio_key == key,
+                                            VoiceTask.status == status)
+                    .values(audio_key=None),
+                    execution_options={"synchronize_session": False},
+                ).rowcount
+            result.voice_audio_deleted += cleared
+            if not cleared:
+                skip.add(task_id)
+        if on_batch is not None and batch:
+            on_batch()
+        if len(batch) < batch_size:
+            return

@@ -1,8 +1,10 @@
-"""Tasks of the ``gc`` queue: the daily collection of abandoned chunked uploads.
+"""Tasks of the ``gc`` queue: the daily collection of abandoned chunked uploads and the
+daily retention purge of stored originals.
 
-Beat sends ``collect_uploads`` at 02:00 UTC. A Redis lock makes it single-runner; a run
-that finds the lock held records a ``skipped`` run and leaves. Counts go to the
-``upload-gc`` job's last-run record and to the ``uploads_cleaned_total`` metric.
+Beat sends ``collect_uploads`` at 02:00 UTC and ``purge_expired`` at 03:00 UTC. A Redis
+lock makes each single-runner; a run that finds the lock held records a ``skipped`` run
+and leaves. Counts go to the job's last-run record (``upload-gc``, ``retention-gc``) and
+the upload collection's to the ``uploads_cleaned_total`` metric.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from app.db import session_scope
 from app.locks import named_lock
 from app.metrics import UPLOADS_CLEANED
 from app.models.base import utcnow
-from app.services.gc import collect_abandoned_uploads
+from app.services.gc import RetentionPolicy, collect_abandoned_uploads, purge_expired_objects
 from app.services.jobs import job_run, record_skip
 from app.settings import get_settings
 from app.storage import get_storage
 from app.tasks.base import ping_payload
 
 JOB = "upload-gc"
+RETENTION_JOB = "retention-gc"
 LOCK_TTL = 300.0  # renewed after every batch
 
 
@@ -54,4 +57,30 @@ def collect_uploads(self, now: str | None = None) -> dict[str, Any]:  # type: ig
             )
             run.counts.update(result.as_dict())
     UPLOADS_CLEANED.inc(result.uploads_cleaned)
+    return {"skipped": False, **result.as_dict()}
+
+
+@celery_app.task(bind=True, name="app.tasks.gc.purge_expired")
+def purge_expired(self, now: str | None = None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Delete stored originals past their retention (``RETENTION_*``); ``now`` (ISO 8601)
+    moves the clock, for operators and tests."""
+    settings = get_settings()
+    at = datetime.fromisoformat(now) if now else utcnow()
+    if at.tzinfo is None:
+        raise ValueError("now must carry a UTC offset")
+    with named_lock(RETENTION_JOB, ttl=LOCK_TTL) as lock:
+        if not lock.acquired:
+            with session_scope() as session:
+                record_skip(session, RETENTION_JOB, "another retention-gc run holds the lock")
+            return {"skipped": True}
+        with job_run(session_scope, RETENTION_JOB) as run:
+            result = purge_expired_objects(
+                session_scope,
+                get_storage(settings),
+                now=at,
+                policy=RetentionPolicy.from_settings(settings),
+                batch_size=settings.files_gc_batch_size,
+                on_batch=lambda: lock.extend(LOCK_TTL),
+            )
+            run.counts.update(result.as_dict())
     return {"skipped": False, **result.as_dict()}
