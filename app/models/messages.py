@@ -103,7 +103,7 @@ class DeadLetter(ClientOwned, Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     replayed_at: Mapped[datetime | None] = mapped_column(default=None)
 
-    message: Mapped[Message] = relationship(lazy="joined", viewonly=True)
+    message: Mapped[Message] = relationship(viewonly=True)
 
     @property
     def message_ref(self) -> str:
