@@ -518,6 +518,10 @@ class Settings(BaseSettings):
 
     # --- health / logging --------------------------------------------------
     health_timeout: float = Field(2.0, gt=0, description="Seconds each /health dependency check may take.")
+    health_cache_seconds: float = Field(
+        2.0, ge=0, le=60, description="Seconds each API process reuses its last /health check result, so a flood "
+        "of probes does not reach every dependency; 0: check on every request.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_json: bool = Field(True, description="JSON lines (true) or plain text (false).")
     metrics_dir: Path | None = Field(

@@ -1,13 +1,24 @@
-"""``GET /health``: each dependency with status and latency; 503 when a required one is down."""
+"""``GET /health``: the overall status for anyone (load balancers, probes); each
+dependency with status and latency for ``Authorization: Bearer`` ADMIN_TOKEN or
+METRICS_TOKEN. 503 when a required dependency is down.
+
+The checks' result is kept for HEALTH_CACHE_SECONDS in each process
+(``app.services.health.CachedHealth``), so a flood of anonymous probes does not reach
+the database, the broker and the rest once per request.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+import hmac
+
+from flask import Blueprint, current_app, request
 from pydantic import BaseModel, Field
 from spectree import Response
 
+from app.api.auth import _bearer, limited
+from app.api.errors import ApiError, ErrorResponse
 from app.api.spec import spec
-from app.services.health import default_checks, run_checks
+from app.services.health import CachedHealth, default_checks
 
 bp = Blueprint("health", __name__)
 
@@ -22,19 +33,43 @@ class DependencyStatus(BaseModel):
 
 class HealthResponse(BaseModel):
     status: str = Field(description="`ok` when every required dependency is up, else `degraded`.")
-    environment: str
-    dependencies: list[DependencyStatus]
+    environment: str | None = Field(None, description="With ADMIN_TOKEN or METRICS_TOKEN only.")
+    dependencies: list[DependencyStatus] | None = Field(None, description="With ADMIN_TOKEN or METRICS_TOKEN only.")
+
+
+@limited
+def _check_health_token() -> None:
+    """The bearer is ADMIN_TOKEN or METRICS_TOKEN (whichever is set); a wrong one is a
+    failed authentication like any other."""
+    token = _bearer()
+    settings = current_app.config["SETTINGS"]
+    for secret in (settings.admin_token, settings.metrics_token):
+        expected = secret.get_secret_value()
+        if expected and hmac.compare_digest(token.encode(), expected.encode()):
+            return
+    raise ApiError(401, "unauthorized", "the dependency details need ADMIN_TOKEN or METRICS_TOKEN")
+
+
+def _cache() -> CachedHealth:
+    cache = current_app.extensions.get("health")
+    if cache is None:
+        settings = current_app.config["SETTINGS"]
+        cache = current_app.extensions["health"] = CachedHealth(
+            lambda: default_checks(settings), settings.health_timeout, settings.health_cache_seconds)
+    return cache
 
 
 @bp.get("/health")
-@spec.validate(resp=Response(HTTP_200=HealthResponse, HTTP_503=HealthResponse), tags=["health"])
+@spec.validate(resp=Response(HTTP_200=HealthResponse, HTTP_503=HealthResponse, HTTP_401=ErrorResponse,
+                             HTTP_429=ErrorResponse), tags=["health"])
 def health():  # type: ignore[no-untyped-def]
-    """Report every dependency's status and latency."""
-    settings = current_app.config["SETTINGS"]
-    healthy, results = run_checks(default_checks(settings), settings.health_timeout)
-    body = {
-        "status": "ok" if healthy else "degraded",
-        "environment": settings.environment,
-        "dependencies": [r.as_dict() for r in results],
-    }
+    """The overall status; every dependency's status and latency with ADMIN_TOKEN or METRICS_TOKEN."""
+    detailed = "Authorization" in request.headers
+    if detailed:
+        _check_health_token()
+    healthy, results = _cache().get()
+    body: dict[str, object] = {"status": "ok" if healthy else "degraded"}
+    if detailed:
+        body["environment"] = current_app.config["SETTINGS"].environment
+        body["dependencies"] = [r.as_dict() for r in results]
     return body, 200 if healthy else 503

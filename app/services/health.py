@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -142,6 +143,29 @@ def run_checks(checks: list[Check], timeout: float) -> tuple[bool, list[CheckRes
         pool.shutdown(wait=False, cancel_futures=True)
     healthy = all(r.status == "up" for r in results if r.required)
     return healthy, results
+
+
+class CachedHealth:
+    """The last run of the checks, reused for ``ttl`` seconds, one run at a time: a flood
+    of probes of ``GET /health`` costs each dependency one check per ``ttl``, not one per
+    probe."""
+
+    def __init__(self, checks: Callable[[], list[Check]], timeout: float, ttl: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._checks, self._timeout, self._ttl, self._clock = checks, timeout, ttl, clock
+        self._lock = threading.Lock()
+        self._last: tuple[float, bool, list[CheckResult]] | None = None
+        #: How many times the checks really ran (tests and curiosity).
+        self.runs = 0
+
+    def get(self) -> tuple[bool, list[CheckResult]]:
+        with self._lock:  # a probe that arrives during a run waits for its result
+            if self._last is not None and self._clock() - self._last[0] < self._ttl:
+                return self._last[1], self._last[2]
+            healthy, results = run_checks(self._checks(), self._timeout)
+            self.runs += 1
+            self._last = (self._clock(), healthy, results)
+            return healthy, results
 
 
 def _timed(func: Callable[[], object]) -> float:

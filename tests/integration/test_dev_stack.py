@@ -64,13 +64,14 @@ def test_dev_stack_runs_on_embedded_defaults_and_stops_cleanly(tmp_path: Path) -
         "FLOWER_PORT": str(flower_port),
         "FLOWER_PASSWORD": "flower-test-pw",
         "SECRET_KEY": "dev-test",
+        "ADMIN_TOKEN": "dev-stack-admin",  # /health lists the dependencies only with it
         marker.split("=")[0]: marker.split("=")[1],
     }
     log = open(tmp_path / "dev.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "app", "dev"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         def healthy() -> dict | None:
-            status, body = _get(f"http://127.0.0.1:{api_port}/health")
+            status, body = _get(f"http://127.0.0.1:{api_port}/health", {"Authorization": "Bearer dev-stack-admin"})
             return json.loads(body) if status == 200 else None
 
         health = wait_for(healthy, timeout=90, interval=0.5, message="dev API /health 200")

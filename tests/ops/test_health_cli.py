@@ -22,7 +22,7 @@ def test_check_prints_every_dependency_like_health(api, pg_database) -> None:
     required_up = all(d["status"] == "up" for d in names.values() if d["required"])
     assert report["healthy"] is required_up and out.returncode == (0 if required_up else 1)
 
-    health = api.client.get("/health")
+    health = api.client.get("/health", headers=api.admin)
     assert {d["name"] for d in health.get_json()["dependencies"]} == set(names)
 
     table = subprocess.run([sys.executable, "-m", "app", "check"], cwd=ROOT, capture_output=True, text=True, timeout=60)

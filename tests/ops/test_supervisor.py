@@ -131,7 +131,7 @@ def test_supervisor_runs_every_program_and_stops_cleanly(pg_database, redis_clie
             assert value(samples, "celery_tasks_succeeded_total", task=_ping_name(queue), queue=queue) == 1, queue
 
         # The API under gunicorn: health and the scrape-time metrics.
-        status, body = http_get(f"http://127.0.0.1:{api_port}/health", timeout=10)
+        status, body = http_get(f"http://127.0.0.1:{api_port}/health", {"Authorization": "Bearer test"}, timeout=10)
         health = {d["name"]: d["status"] for d in json.loads(body)["dependencies"]}
         assert health["database"] == health["broker"] == health["redis"] == "up", body
         status, body = http_get(f"http://127.0.0.1:{api_port}/metrics", timeout=10)

@@ -243,3 +243,45 @@ def test_worker_result_and_heartbeat_extra_fields_are_capped(api, worker_headers
     _refused(api.client.post(heartbeat, json=many, headers=worker_headers), "body")
     ok = api.client.post(heartbeat, json={"worker_id": "w1", "gpu": "none", "load": [0.1, 0.2]}, headers=worker_headers)
     assert ok.status_code == 200, ok.get_json()
+
+
+# --- 5. /health: the overall status for anyone, details with a token, cached ---------------
+
+def test_health_without_credentials_answers_only_the_overall_status(pg_database, redis_client) -> None:  # type: ignore[no-untyped-def]
+    from app.api import create_app
+    from app.settings import get_settings
+
+    metrics_token = secrets.token_urlsafe(32)
+    settings = get_settings().model_copy(update={"metrics_token": type(get_settings().admin_token)(metrics_token)})
+    client = create_app(settings).test_client()
+    anonymous = client.get("/health")
+    assert anonymous.status_code == 200 and anonymous.get_json() == {"status": "ok"}
+    for token in (settings.admin_token.get_secret_value(), metrics_token):
+        detailed = client.get("/health", headers={"Authorization": f"Bearer {token}"})
+        body = detailed.get_json()
+        assert detailed.status_code == 200 and body["environment"] == "test"
+        assert {"database", "broker", "redis", "storage"} <= {d["name"] for d in body["dependencies"]}
+    for headers in ({"Authorization": "Bearer wrong"}, {"Authorization": "Basic YTpi"}):
+        refused = client.get("/health", headers=headers)
+        assert refused.status_code == 401 and "dependencies" not in refused.get_json()
+    # Degraded: still only the status, and 503.
+    bad = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0", "broker_url": "redis://127.0.0.1:1/0",
+                                      "health_timeout": 1.0})
+    down = create_app(bad).test_client().get("/health")
+    assert down.status_code == 503 and down.get_json() == {"status": "degraded"}
+
+
+def test_a_flood_of_health_probes_runs_the_checks_once_per_cache_period(pg_database, redis_client) -> None:  # type: ignore[no-untyped-def]
+    from app.api import create_app
+    from app.settings import get_settings
+
+    app = create_app(get_settings().model_copy(update={"health_cache_seconds": 1.5}))
+    client = app.test_client()
+    started = time.monotonic()
+    statuses = {client.get("/health").status_code for _ in range(50)}
+    statuses.add(client.get("/health", headers={"Authorization": "Bearer test-admin-token"}).status_code)
+    assert statuses == {200} and time.monotonic() - started < 1.5
+    assert app.extensions["health"].runs == 1  # 51 probes, one run of the dependency checks
+    time.sleep(1.6)
+    assert client.get("/health").status_code == 200
+    assert app.extensions["health"].runs == 2

@@ -87,7 +87,7 @@ def test_openapi_document_lists_routes_and_schemas(client) -> None:  # type: ign
 
 
 def test_health_lists_each_dependency(client, redis_client) -> None:  # type: ignore[no-untyped-def]
-    resp = client.get("/health")
+    resp = client.get("/health", headers={"Authorization": "Bearer test-admin-token"})
     body = resp.get_json()
     names = {d["name"]: d for d in body["dependencies"]}
     assert {"database", "broker", "redis", "storage"} <= set(names)
@@ -99,7 +99,7 @@ def test_health_is_503_when_a_required_dependency_is_down(pg_database) -> None: 
     good = get_settings()
     bad = good.model_copy(update={"redis_url": "redis://127.0.0.1:1/0", "broker_url": "redis://127.0.0.1:1/0", "health_timeout": 1.0})
     try:
-        resp = create_app(bad).test_client().get("/health")
+        resp = create_app(bad).test_client().get("/health", headers={"Authorization": "Bearer test-admin-token"})
         body = resp.get_json()
         assert resp.status_code == 503 and body["status"] == "degraded"
         down = {d["name"] for d in body["dependencies"] if d["status"] == "down"}
