@@ -22,7 +22,8 @@ from app.celery_app import celery_app
 from app.db import TRANSIENT_DB, session_scope
 from app.services import voice_tasks
 from app.services.voice import AudioError, ScoringDeps, deps_from_settings, score_clip
-from app.services.voice_tasks import AudioFetchError, NotHolder
+from app.outbound import parse_allow
+from app.services.voice_tasks import AudioFetchError, AudioURLBlocked, NotHolder
 from app.settings import Settings, get_settings
 from app.storage import Storage, StorageKeyNotFound, get_storage
 from app.tasks.base import HandBackRetry, ping_payload
@@ -200,14 +201,22 @@ def _score_held(task_id: str, task: voice_tasks.Claimed, holder: str, settings: 
         data = voice_tasks.read_audio(
             task.audio_key, task.audio_url, storage.open,
             timeout=settings.voice_fetch_timeout, max_bytes=settings.voice_max_audio_bytes,
+            allow=parse_allow(settings.voice_fetch_allow),
         )
         result = score_clip(scoring_deps(), data, task.transcript)
     except AudioError as exc:
         return None, _record_failure(task_id, holder, settings, str(exc), retryable=False)
     except StorageKeyNotFound as exc:
         return None, _record_failure(task_id, holder, settings, f"audio_missing: {exc}", retryable=False)
+    except AudioURLBlocked as exc:
+        # The reason the client sees names the rule only; the address goes to the log.
+        logger.warning("voice audio_url refused", extra={"task_id": task_id, "detail": str(exc)})
+        return None, _record_failure(task_id, holder, settings, "blocked_address", retryable=False)
     except AudioFetchError as exc:
-        return None, _record_failure(task_id, holder, settings, f"audio_unavailable: {exc}", retryable=True)
+        # Connection refused, an internal port's HTTP 404, a timeout...: detail that would
+        # tell the client about the network behind the worker, so it stays in the log.
+        logger.warning("voice audio_url not fetched", extra={"task_id": task_id, "detail": str(exc)})
+        return None, _record_failure(task_id, holder, settings, "audio_fetch_failed", retryable=True)
     except ValueError as exc:
         return None, _record_failure(task_id, holder, settings, f"nothing_to_score: {exc}", retryable=False)
     except SoftTimeLimitExceeded:
