@@ -32,6 +32,22 @@ QUEUES: tuple[str, ...] = (
 )
 
 
+def _rate_limit_notation(value: str) -> str:
+    """A rate limit in `limits` notation (``600/minute``), or ``""`` for none (``0`` too)."""
+    value = value.strip()
+    if value in ("", "0"):
+        return ""
+    from limits import parse_many
+
+    try:
+        items = parse_many(value)
+    except ValueError:
+        items = []
+    if len(items) != 1:
+        raise ValueError(f"{value!r} is not one rate limit such as 600/minute or 20/second (0: no limit)")
+    return value if items[0].amount > 0 else ""
+
+
 class Settings(BaseSettings):
     """All configuration, one field per environment variable (upper-case name)."""
 
@@ -150,6 +166,39 @@ class Settings(BaseSettings):
         SecretStr(""), description="Bearer token the API's /metrics requires (Prometheus `authorization`). "
         "Empty: /metrics is open; bind the API to a private address then.",
     )
+    rate_limit_default: str = Field(
+        "600/minute", description="Requests one client may make to one API family (`scans`, `voice`, `uploads`, "
+        "...) in a moving window, in `limits` notation (`600/minute`, `20/second`, `1000/hour`); more answer 429 "
+        "with Retry-After. Counted in Redis across every API process. `0` or empty: no limit.",
+    )
+    rate_limits: dict[str, str] = Field(
+        {}, description="Per-family overrides of RATE_LIMIT_DEFAULT as a JSON object, e.g. "
+        "`{\"scans\": \"60/minute\", \"files\": \"0\"}` (`0`: that family is not limited).",
+    )
+    quota_scans: int = Field(
+        0, ge=0, description="Unfinished URL scans (QUEUED, FETCHING, ANALYZING) one client may have; one more "
+        "answers 429 `quota_exceeded`. 0: no quota.",
+    )
+    quota_ocr: int = Field(
+        0, ge=0, description="Unfinished OCR uploads (uploaded, queued, processing) one client may have; an upload "
+        "never completed stops counting after PRESIGN_EXPIRY_SECONDS. 0: no quota.",
+    )
+    quota_voice: int = Field(
+        0, ge=0, description="Unfinished voice tasks (pending, claimed, processing) one client may have. 0: no quota.",
+    )
+    quota_retry_after: int = Field(
+        30, ge=1, le=3600, description="Retry-After, seconds, of a 429 `quota_exceeded` answer.",
+    )
+
+    @field_validator("rate_limit_default")
+    @classmethod
+    def _check_rate_limit_default(cls, value: str) -> str:
+        return _rate_limit_notation(value)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rate_limits(cls, value: dict[str, str]) -> dict[str, str]:
+        return {family: _rate_limit_notation(limit) for family, limit in value.items()}
 
     # --- outbox ------------------------------------------------------------
     outbox_batch_size: int = Field(100, ge=1, le=10000, description="Events the relay publishes per transaction.")

@@ -44,6 +44,8 @@ os.environ.update(
         # Many tests fail authentication on purpose from 127.0.0.1; the limiter stays on,
         # out of their way (tests/security/test_security.py tests it with a small limit).
         "AUTH_FAILURE_LIMIT": "100000",
+        # Likewise the per-client request rate limit (tests/security/test_rate_limits.py).
+        "RATE_LIMIT_DEFAULT": "100000/minute",
     }
 )
 
