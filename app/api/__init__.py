@@ -13,7 +13,6 @@ from flask import Flask, Response, jsonify
 
 from app.api.errors import register_error_handlers
 from app.api.limits import init_app as init_limits
-from app.api.limits import init_app as init_limits
 from app.api.spec import JsonProvider, openapi_document, spec
 from app.settings import Settings, get_settings, set_settings
 
@@ -44,7 +43,6 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     for name in BLUEPRINTS:
         app.register_blueprint(import_module(f"app.api.{name}").bp)
-    init_limits(app)  # RateLimit-* headers; checks RATE_LIMITS against the blueprints
     init_limits(app)  # RateLimit-* headers; checks RATE_LIMITS against the blueprints
 
     spec.register(app)
