@@ -140,15 +140,13 @@ def dlq_list(channel: str | None, error: str | None, show_all: bool, limit: int)
 def dlq_replay(dead_letter_id: int) -> None:
     """Send a dead letter again through the outbox."""
     from app.db import session_scope
-    from app.locks import redis_client
-    from app.services.routing import NotReplayable, dedup_key, replay_dead_letter
+    from app.services.routing import NotReplayable, replay_dead_letter
 
     try:
         with session_scope() as session:
             message_id = replay_dead_letter(session, dead_letter_id).message_id
     except (LookupError, NotReplayable) as exc:
         raise click.ClickException(str(exc)) from None
-    redis_client().delete(dedup_key(message_id))
     click.echo(f"replayed dead letter {dead_letter_id} (message {message_id})")
 
 

@@ -17,10 +17,9 @@ from app.api.errors import ApiError, ErrorResponse
 from app.api.nudge import nudge_relay
 from app.api.spec import ADMIN, BEARER, spec
 from app.db import session_scope
-from app.locks import redis_client
 from app.models.messages import DeadLetter
 from app.services import outbox as outbox_service
-from app.services.routing import NotReplayable, dedup_key, list_dead_letters, replay_dead_letter
+from app.services.routing import NotReplayable, list_dead_letters, replay_dead_letter
 
 bp = Blueprint("dlq", __name__)
 
@@ -111,14 +110,13 @@ def replay(dead_letter_id: int):  # type: ignore[no-untyped-def]
         with session_scope() as session:
             owned(session, DeadLetter, dead_letter_id, "dead letter", lock=True)
             dl = replay_dead_letter(session, dead_letter_id)
-            internal_id, ref = dl.message_id, dl.message_ref
+            ref = dl.message_ref
             body = {"id": dl.id, "message_id": ref, "replayed_at": dl.replayed_at.isoformat()}
     except LookupError:
         raise not_found("dead letter", dead_letter_id) from None
     except NotReplayable as exc:
         raise ApiError(409, "not_replayable", str(exc)) from None
-    redis_client().delete(dedup_key(internal_id))  # after commit: reset dedup for this message only
-    nudge_relay()
+    nudge_relay()  # the replay has a dedup key of its own: nothing to reset (app.services.routing)
     body["status_url"] = f"/api/messages/{body['message_id']}"
     return body, 202
 

@@ -4,7 +4,10 @@ exactly once, retry transient failures, and dead-letter what cannot be delivered
 Exactly-once effect rests on three checks, cheapest first:
 
 1. Redis ``SET dedup:message:<id> <task id> NX EX 24h``: a second router task for the
-   same message (another task id) stops at once.
+   same message (another task id) stops at once. A replay from the dead-letter queue
+   carries its dead letter's id and claims a key of its own
+   (``dedup:message:<id>:replay:<dead letter id>``), so the first router's key, still
+   set for 24 h, cannot make the replay look like a duplicate; nothing has to delete it.
 2. ``messages.router_task_id`` set by a conditional UPDATE: the same check in the
    database, so a flushed Redis cannot let a second router through.
 3. Each channel's ``MessageDelivery`` is claimed ``pending → sending`` by a conditional
@@ -59,8 +62,9 @@ class DedupStore(Protocol):
     def delete(self, *names: str) -> Any: ...
 
 
-def dedup_key(message_id: str) -> str:
-    return f"dedup:message:{message_id}"
+def dedup_key(message_id: str, replay: int | None = None) -> str:
+    """The Redis key that lets one router task through for the message (or for one replay of it)."""
+    return f"dedup:message:{message_id}" if replay is None else f"dedup:message:{message_id}:replay:{replay}"
 
 
 # --- accepting -------------------------------------------------------------------------
@@ -148,11 +152,12 @@ class RouteDeps:
     dedup_ttl: int
 
 
-def _claim_router(session: Session, deps: RouteDeps, message_id: str, task_id: str) -> bool:
+def _claim_router(session: Session, deps: RouteDeps, message_id: str, task_id: str, replay: int | None) -> bool:
     if deps.dedup is not None:
+        key = dedup_key(message_id, replay)
         try:
-            if not deps.dedup.set(dedup_key(message_id), task_id, ex=deps.dedup_ttl, nx=True):
-                owner = deps.dedup.get(dedup_key(message_id))
+            if not deps.dedup.set(key, task_id, ex=deps.dedup_ttl, nx=True):
+                owner = deps.dedup.get(key)
                 owner = owner.decode() if isinstance(owner, bytes) else owner
                 if owner is not None and owner != task_id:
                     return False
@@ -203,13 +208,15 @@ def _refresh_message_status(session: Session, deps: RouteDeps, message_id: str) 
     return new
 
 
-def route_message(deps: RouteDeps, message_id: str, task_id: str) -> RouteOutcome:
-    """Send every unsent channel of the message once; say when to come back if needed."""
+def route_message(deps: RouteDeps, message_id: str, task_id: str, replay: int | None = None) -> RouteOutcome:
+    """Send every unsent channel of the message once; say when to come back if needed.
+
+    ``replay`` is the dead letter a replay was made from (its event's payload carries it)."""
     with deps.scope() as session:
         message = session.get(Message, message_id)
         if message is None:
             return RouteOutcome("missing")
-        if not _claim_router(session, deps, message_id, task_id):
+        if not _claim_router(session, deps, message_id, task_id, replay):
             logger.info("duplicate router task skipped", extra={"message_id": message_id, "task": task_id})
             return RouteOutcome("duplicate", message.status)
         deliveries = [(d.id, d.channel, d.status, d.attempts, d.lease_until) for d in message.deliveries]
@@ -320,10 +327,12 @@ def list_dead_letters(
 
 
 def replay_dead_letter(session: Session, dead_letter_id: int) -> DeadLetter:
-    """Re-enqueue a dead letter's channel through the outbox; dedup is reset for that message only.
+    """Re-enqueue a dead letter's channel through the outbox, in the caller's transaction.
 
-    The Redis dedup key is deleted by the caller *after* commit (``dedup_key``) so that a
-    rollback cannot leave the message unguarded.
+    The event carries ``replay`` (the dead letter's id): its router claims a dedup key of
+    its own, so the first router's key needs no delete, and a failed delete or a relay
+    faster than one cannot drop the replay as a duplicate. The database claim
+    (``router_task_id``, reset here) still lets exactly one router through.
     """
     dl = session.get(DeadLetter, dead_letter_id, with_for_update=True)
     if dl is None:
@@ -343,6 +352,6 @@ def replay_dead_letter(session: Session, dead_letter_id: int) -> DeadLetter:
     session.add(MessageStatusUpdate(message_id=message.id, status="queued", detail=f"replayed from dead letter {dl.id}"))
     add_event(
         session, aggregate_type="message", aggregate_id=message.id, event_type="message.replayed",
-        task_name=ROUTE_TASK, payload={"message_id": message.id},
+        task_name=ROUTE_TASK, payload={"message_id": message.id, "replay": dl.id},
     )
     return dl

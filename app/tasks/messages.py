@@ -67,10 +67,11 @@ def _backoff(attempt: int) -> float:
 
 
 @celery_app.task(bind=True, name="app.tasks.messages.route", max_retries=None)
-def route(self, message_id: str, db_retries: int = 0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def route(self, message_id: str, db_retries: int = 0, replay: int | None = None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Send a message to its channels once; retries are counted per delivery in the database.
 
-    ``db_retries`` counts retries after database errors so far (carried across retries).
+    ``db_retries`` counts retries after database errors so far (carried across retries);
+    ``replay`` is the dead letter a replay comes from (its own dedup key).
     """
     settings = get_settings()
     deps = RouteDeps(
@@ -84,7 +85,7 @@ def route(self, message_id: str, db_retries: int = 0) -> dict[str, Any]:  # type
         dedup_ttl=settings.message_dedup_ttl,
     )
     try:
-        outcome = route_message(deps, message_id, self.request.id)
+        outcome = route_message(deps, message_id, self.request.id, replay)
     except TRANSIENT_DB as exc:
         if db_retries >= DB_MAX_RETRIES:
             raise
@@ -92,7 +93,7 @@ def route(self, message_id: str, db_retries: int = 0) -> dict[str, Any]:  # type
         logger.warning("database unavailable; retrying", extra={"message_id": message_id, "error": str(exc)[:200],
                                                                 "countdown": countdown})
         # The same task id: the router's dedup claim still recognises this delivery.
-        raise self.retry(kwargs={"message_id": message_id, "db_retries": db_retries + 1},
+        raise self.retry(kwargs={"message_id": message_id, "db_retries": db_retries + 1, "replay": replay},
                          countdown=max(0.5, countdown)) from None
     MESSAGES_ROUTED.labels(result=outcome.result).inc()
     if outcome.result == "pending":

@@ -285,3 +285,112 @@ def test_a_flood_of_health_probes_runs_the_checks_once_per_cache_period(pg_datab
     time.sleep(1.6)
     assert client.get("/health").status_code == 200
     assert app.extensions["health"].runs == 2
+
+
+# --- 6. a DLQ replay is never dropped as a duplicate ----------------------------------------
+
+class _Channel:
+    """A channel whose first sends fail for good (to dead-letter the message), then succeed."""
+
+    name = "whatsapp"
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.sent: list[str] = []
+
+    def send(self, message) -> str:  # type: ignore[no-untyped-def]
+        from app.services.channels import PermanentChannelError
+
+        if self.failures:
+            self.failures -= 1
+            raise PermanentChannelError("HTTP 400 from the provider")
+        self.sent.append(message.id)
+        return f"wamid.{len(self.sent)}"
+
+
+def _route_deps(channel: _Channel, dedup):  # type: ignore[no-untyped-def]
+    from app.db import session_scope
+    from app.services.routing import RouteDeps
+
+    return RouteDeps(scope=session_scope, channels={"whatsapp": channel}, dedup=dedup, notify=lambda *a: None,
+                     backoff=lambda attempt: 0.1, max_retries=0, lease_seconds=30, dedup_ttl=600)
+
+
+def _dead_lettered(channel: _Channel, redis_client) -> tuple[str, int, str]:  # type: ignore[no-untyped-def]
+    """A message whose first route dead-lettered it: (message id, dead letter id, first task id)."""
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.models.messages import DeadLetter
+    from app.services.routing import dedup_key, route_message, submit_message
+
+    with session_scope() as session:
+        message, _ = submit_message(session, conversation_id="c", channel="whatsapp", recipient="+15550001",
+                                    content="hello", message_id=f"sys:hardening-{secrets.token_hex(4)}")
+        message_id = message.id
+    first_task = f"first-{secrets.token_hex(4)}"
+    assert route_message(_route_deps(channel, redis_client), message_id, first_task).status == "failed"
+    assert redis_client.get(dedup_key(message_id)) == first_task.encode()  # set for 24 h
+    with session_scope() as session:
+        dead = session.scalars(select(DeadLetter).where(DeadLetter.message_id == message_id)).one()
+        return message_id, dead.id, first_task
+
+
+def _replay_event(message_id: str) -> tuple[str, dict]:  # type: ignore[type-arg]
+    """The replay's outbox event as the relay would publish it: (task id, kwargs)."""
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.models.outbox import OutboxEvent
+    from app.services.outbox import task_id_for, task_kwargs
+
+    with session_scope() as session:
+        event = session.scalars(select(OutboxEvent).where(OutboxEvent.aggregate_id == message_id,
+                                                          OutboxEvent.event_type == "message.replayed")).one()
+        return task_id_for(event.id), task_kwargs(event)
+
+
+def test_a_replay_is_delivered_when_the_dedup_key_cannot_be_deleted(api, redis_client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import redis
+
+    from app.services.routing import dedup_key, route_message
+
+    channel = _Channel(failures=1)
+    message_id, dead_letter_id, first_task = _dead_lettered(channel, redis_client)
+
+    def refuse(self, *names):  # type: ignore[no-untyped-def]
+        raise redis.ConnectionError("Redis went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(redis.Redis, "delete", refuse)
+        resp = api.client.post(f"/api/dlq/{dead_letter_id}/replay", headers=api.admin)
+    assert resp.status_code == 202, resp.get_json()
+    assert redis_client.get(dedup_key(message_id)) == first_task.encode()  # the first router's key is still set
+    task_id, kwargs = _replay_event(message_id)
+    assert kwargs == {"message_id": message_id, "replay": dead_letter_id}
+    outcome = route_message(_route_deps(channel, redis_client), task_id=task_id, **kwargs)
+    assert (outcome.result, outcome.status) == ("done", "delivered")
+    assert channel.sent == [message_id]
+
+
+def test_a_replay_racing_the_relay_is_routed_exactly_once(pg_database, redis_client) -> None:  # type: ignore[no-untyped-def]
+    from app.db import session_scope
+    from app.services.routing import NotReplayable, dedup_key, replay_dead_letter, route_message
+
+    channel = _Channel(failures=1)
+    message_id, dead_letter_id, first_task = _dead_lettered(channel, redis_client)
+    with session_scope() as session:
+        replay_dead_letter(session, dead_letter_id)
+    # The relay publishes and the router runs at once: nothing has touched the first key.
+    task_id, kwargs = _replay_event(message_id)
+    deps = _route_deps(channel, redis_client)
+    assert route_message(deps, task_id=task_id, **kwargs).status == "delivered"
+    assert redis_client.get(dedup_key(message_id)) == first_task.encode()
+    assert redis_client.get(dedup_key(message_id, dead_letter_id)) == task_id.encode()
+    # The same replay delivered twice (a re-publish under another id, or the old router
+    # coming back) sends nothing more; nor does a second replay of the same dead letter.
+    assert route_message(deps, task_id=f"other-{secrets.token_hex(3)}", **kwargs).result == "duplicate"
+    assert route_message(deps, message_id, first_task).result in ("done", "duplicate")
+    with pytest.raises(NotReplayable), session_scope() as session:
+        replay_dead_letter(session, dead_letter_id)
+    assert channel.sent == [message_id]
