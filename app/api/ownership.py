@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from flask import g, request
-from sqlalchemy import ColumnElement, Select, true
+from sqlalchemy import ColumnElement, Select, select, true
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
@@ -40,9 +40,17 @@ def visible(row: Any) -> bool:
     return row is not None and (is_admin() or row.client_id == owner())
 
 
-def owned(session: Session, model: type[T], ident: Any, what: str, *, lock: bool = False) -> T:
-    """The caller's ``model`` row with primary key ``ident``; 404 when missing or another's."""
-    row = session.get(model, ident, with_for_update=lock or None)
+def _get(session: Session, model: type[T], ident: Any, by: Any, lock: bool) -> T | None:
+    if by is None:
+        return session.get(model, ident, with_for_update=lock or None)
+    stmt = select(model).where(by == ident)
+    return session.scalars(stmt.with_for_update() if lock else stmt).first()
+
+
+def owned(session: Session, model: type[T], ident: Any, what: str, *, by: Any = None, lock: bool = False) -> T:
+    """The caller's ``model`` row whose primary key (or column ``by``, e.g. a public id) is
+    ``ident``; 404 when missing or another's."""
+    row = _get(session, model, ident, by, lock)
     if not visible(row):
         raise not_found(what, ident)
     return row  # type: ignore[return-value]
@@ -62,10 +70,10 @@ def scoped(stmt: Select[Any], model: type[Any]) -> Select[Any]:
     return stmt.where(owner_clause(model))
 
 
-def referenced(session: Session, model: type[T], ident: Any, error: Exception) -> T:
+def referenced(session: Session, model: type[T], ident: Any, error: Exception, *, by: Any = None) -> T:
     """An object a request refers to (a campaign's tenant, a call's lead): the caller's
     ``model`` row, else ``error``, the very error of a missing one."""
-    row = session.get(model, ident)
+    row = _get(session, model, ident, by, False)
     if not visible(row):
         raise error
     return row  # type: ignore[return-value]

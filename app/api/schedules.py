@@ -50,7 +50,7 @@ class TenantCreate(BaseModel):
 
 
 class TenantOut(BaseModel):
-    id: int
+    id: str = Field(description="Opaque id of the tenant.")
     name: str
     plan: str
     trial_ends_at: datetime | None
@@ -62,7 +62,7 @@ class TenantOut(BaseModel):
 
 
 class LeadCreate(BaseModel):
-    tenant_id: int
+    tenant_id: str = Field(max_length=64)
     name: str = Field(min_length=1, max_length=200)
     email: str | None = Field(None, max_length=320)
     phone: str | None = Field(None, max_length=32)
@@ -75,8 +75,8 @@ class LeadCreate(BaseModel):
 
 
 class LeadOut(BaseModel):
-    id: int
-    tenant_id: int
+    id: str
+    tenant_id: str
     name: str
     email: str | None
     phone: str | None
@@ -87,7 +87,7 @@ class LeadOut(BaseModel):
 
 
 class CampaignCreate(BaseModel):
-    tenant_id: int
+    tenant_id: str = Field(max_length=64)
     channel: Literal["email", "whatsapp"]
     subject: str = Field("", max_length=300)
     template: str = Field(min_length=1, max_length=100_000)
@@ -102,8 +102,8 @@ class CampaignCreate(BaseModel):
 
 
 class CampaignOut(BaseModel):
-    id: int
-    tenant_id: int
+    id: str
+    tenant_id: str
     channel: str
     subject: str
     scheduled_at: datetime
@@ -120,8 +120,8 @@ class CampaignOut(BaseModel):
 
 
 class CallCreate(BaseModel):
-    tenant_id: int
-    lead_id: int
+    tenant_id: str = Field(max_length=64)
+    lead_id: str = Field(max_length=64)
     scheduled_for: datetime | None = Field(None, description="Omitted: now.")
 
     @field_validator("scheduled_for")
@@ -131,9 +131,9 @@ class CallCreate(BaseModel):
 
 
 class CallOut(BaseModel):
-    id: int
-    tenant_id: int
-    lead_id: int
+    id: str
+    tenant_id: str
+    lead_id: str
     scheduled_for: datetime
     status: str
     attempts: int
@@ -161,8 +161,15 @@ def _bad(exc: svc.ScheduleInputError) -> ApiError:
                     [{"loc": exc.loc, "msg": str(exc), "type": "value_error"}])
 
 
-def _out(model: type[BaseModel], row: object, **extra: Any) -> dict:
-    return model.model_validate(row, from_attributes=True).model_copy(update=extra).model_dump(mode="json")
+def _out(model: type[BaseModel], row: Any, **extra: Any) -> dict:
+    """The row as ``model``, its ids the public ones (the integer keys stay internal)."""
+    ids: dict[str, Any] = {"id": row.public_id}
+    if hasattr(row, "tenant_id"):
+        ids["tenant_id"] = row.tenant.public_id
+    if hasattr(row, "lead_id"):
+        ids["lead_id"] = row.lead.public_id
+    fields = {name: getattr(row, name, None) for name in model.model_fields} | ids | extra
+    return model.model_validate(fields).model_dump(mode="json")
 
 
 def _campaign_out(session, campaign: Campaign) -> dict:  # type: ignore[no-untyped-def]
@@ -191,14 +198,14 @@ def create_tenant(json: TenantCreate):  # type: ignore[no-untyped-def]
         raise _bad(exc) from None
 
 
-@bp.get("/api/tenants/<int(max=9223372036854775807):tenant_id>")
+@bp.get("/api/tenants/<tenant_id>")
 @spec.validate(resp=Response(HTTP_200=TenantOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
-def get_tenant(tenant_id: int):  # type: ignore[no-untyped-def]
+def get_tenant(tenant_id: str):  # type: ignore[no-untyped-def]
     """A tenant and its status (`active` or `suspended`)."""
     with session_scope() as session:
-        return _out(TenantOut, owned(session, Tenant, tenant_id, "tenant"))
+        return _out(TenantOut, owned(session, Tenant, tenant_id, "tenant", by=Tenant.public_id))
 
 
 @bp.post("/api/leads")
@@ -209,22 +216,23 @@ def create_lead(json: LeadCreate):  # type: ignore[no-untyped-def]
     """Create a lead; ``next_reminder_at`` schedules its first reminder email."""
     try:
         with session_scope() as session:
-            referenced(session, Tenant, json.tenant_id, svc.missing_tenant(json.tenant_id))
-            lead = svc.create_lead(session, tenant_id=json.tenant_id, name=json.name, email=json.email,
+            tenant = referenced(session, Tenant, json.tenant_id, svc.missing_tenant(json.tenant_id),
+                                by=Tenant.public_id)
+            lead = svc.create_lead(session, tenant_id=tenant.id, name=json.name, email=json.email,
                                    phone=json.phone, next_reminder_at=json.next_reminder_at)
             return _out(LeadOut, lead), 201
     except svc.ScheduleInputError as exc:
         raise _bad(exc) from None
 
 
-@bp.get("/api/leads/<int(max=9223372036854775807):lead_id>")
+@bp.get("/api/leads/<lead_id>")
 @spec.validate(resp=Response(HTTP_200=LeadOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
-def get_lead(lead_id: int):  # type: ignore[no-untyped-def]
+def get_lead(lead_id: str):  # type: ignore[no-untyped-def]
     """A lead, its next reminder time and the reminders sent."""
     with session_scope() as session:
-        return _out(LeadOut, owned(session, Lead, lead_id, "lead"))
+        return _out(LeadOut, owned(session, Lead, lead_id, "lead", by=Lead.public_id))
 
 
 @bp.post("/api/campaigns")
@@ -238,23 +246,24 @@ def create_campaign(json: CampaignCreate):  # type: ignore[no-untyped-def]
 
     try:
         with session_scope() as session:
-            referenced(session, Tenant, json.tenant_id, svc.missing_tenant(json.tenant_id))
+            tenant = referenced(session, Tenant, json.tenant_id, svc.missing_tenant(json.tenant_id),
+                                by=Tenant.public_id)
             campaign = svc.create_campaign(
-                session, tenant_id=json.tenant_id, channel=json.channel, subject=json.subject,
+                session, tenant_id=tenant.id, channel=json.channel, subject=json.subject,
                 template=json.template, scheduled_at=json.scheduled_at or utcnow(), recipients=json.recipients)
             return _campaign_out(session, campaign), 201
     except svc.ScheduleInputError as exc:
         raise _bad(exc) from None
 
 
-@bp.get("/api/campaigns/<int(max=9223372036854775807):campaign_id>")
+@bp.get("/api/campaigns/<campaign_id>")
 @spec.validate(resp=Response(HTTP_200=CampaignOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
-def get_campaign(campaign_id: int):  # type: ignore[no-untyped-def]
+def get_campaign(campaign_id: str):  # type: ignore[no-untyped-def]
     """A campaign's status and counters, with the skipped or failed recipients and why."""
     with session_scope() as session:
-        return _campaign_out(session, owned(session, Campaign, campaign_id, "campaign"))
+        return _campaign_out(session, owned(session, Campaign, campaign_id, "campaign", by=Campaign.public_id))
 
 
 @bp.post("/api/calls")
@@ -267,23 +276,27 @@ def create_call(json: CallCreate):  # type: ignore[no-untyped-def]
 
     try:
         with session_scope() as session:
-            referenced(session, Tenant, json.tenant_id, svc.missing_tenant(json.tenant_id))
-            referenced(session, Lead, json.lead_id, svc.missing_lead(json.lead_id, json.tenant_id))
-            call = svc.create_call(session, tenant_id=json.tenant_id, lead_id=json.lead_id,
+            tenant = referenced(session, Tenant, json.tenant_id, svc.missing_tenant(json.tenant_id),
+                                by=Tenant.public_id)
+            lead = referenced(session, Lead, json.lead_id, svc.missing_lead(json.lead_id, json.tenant_id),
+                              by=Lead.public_id)
+            if lead.tenant_id != tenant.id:
+                raise svc.missing_lead(json.lead_id, json.tenant_id)
+            call = svc.create_call(session, tenant_id=tenant.id, lead_id=lead.id,
                                    scheduled_for=json.scheduled_for or utcnow())
             return _out(CallOut, call), 201
     except svc.ScheduleInputError as exc:
         raise _bad(exc) from None
 
 
-@bp.get("/api/calls/<int(max=9223372036854775807):call_id>")
+@bp.get("/api/calls/<call_id>")
 @spec.validate(resp=Response(HTTP_200=CallOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
-def get_call(call_id: int):  # type: ignore[no-untyped-def]
+def get_call(call_id: str):  # type: ignore[no-untyped-def]
     """A call request's status, attempts and provider call id."""
     with session_scope() as session:
-        return _out(CallOut, owned(session, CallRequest, call_id, "call"))
+        return _out(CallOut, owned(session, CallRequest, call_id, "call", by=CallRequest.public_id))
 
 
 def _next_run(name: str) -> datetime | None:

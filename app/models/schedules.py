@@ -8,11 +8,12 @@ send-once guard of one address; calls go ``queued`` → ``dialing`` → ``done``
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.models.base import Base, ClientOwned, utcnow
 from app.models.outbox import BigId
@@ -25,7 +26,18 @@ CALL_STATUSES = ("queued", "dialing", "done", "failed", "expired")
 CALL_TERMINAL = ("done", "failed", "expired")
 
 
-class Tenant(ClientOwned, Base):
+def new_public_id() -> str:
+    """The id the API shows for a row: random, so no client can guess another's."""
+    return uuid.uuid4().hex
+
+
+class PublicId:
+    """Mixin: an opaque id for URLs and request bodies; the integer key stays internal."""
+
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
+
+
+class Tenant(PublicId, ClientOwned, Base):
     __tablename__ = "tenants"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -40,7 +52,7 @@ class Tenant(ClientOwned, Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Lead(ClientOwned, Base):
+class Lead(PublicId, ClientOwned, Base):
     __tablename__ = "leads"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -54,8 +66,10 @@ class Lead(ClientOwned, Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    tenant: Mapped[Tenant] = relationship(viewonly=True)
 
-class Campaign(ClientOwned, Base):
+
+class Campaign(PublicId, ClientOwned, Base):
     __tablename__ = "campaigns"
     __table_args__ = (Index("ix_campaigns_status_scheduled", "status", "scheduled_at"),)
 
@@ -76,6 +90,8 @@ class Campaign(ClientOwned, Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
+    tenant: Mapped[Tenant] = relationship(viewonly=True)
+
 
 class CampaignRecipient(Base):
     """One address of a campaign; its status is the send-once guard."""
@@ -95,7 +111,7 @@ class CampaignRecipient(Base):
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
-class CallRequest(ClientOwned, Base):
+class CallRequest(PublicId, ClientOwned, Base):
     __tablename__ = "call_requests"
     __table_args__ = (Index("ix_call_requests_status_scheduled", "status", "scheduled_for"),)
 
@@ -110,3 +126,6 @@ class CallRequest(ClientOwned, Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    tenant: Mapped[Tenant] = relationship(viewonly=True)
+    lead: Mapped[Lead] = relationship(viewonly=True)

@@ -288,7 +288,7 @@ def create_call(session: Session, *, tenant_id: int, lead_id: int, scheduled_for
     if lead is None or lead.tenant_id != tenant_id:
         raise missing_lead(lead_id, tenant_id)
     if not lead.phone:
-        raise ScheduleInputError(f"lead {lead_id} has no phone number", ["lead_id"])
+        raise ScheduleInputError(f"lead {lead.public_id} has no phone number", ["lead_id"])
     call = CallRequest(tenant_id=tenant_id, lead_id=lead_id, scheduled_for=scheduled_for, client_id=tenant.client_id)
     session.add(call)
     session.flush()

@@ -244,8 +244,11 @@ def test_campaign_of_250_through_real_smtp(api, start_worker, smtp_server, uniqu
     from app.models.schedules import CampaignRecipient
 
     with session_scope() as session:
+        from app.models.schedules import Campaign
+
+        internal = session.scalars(select(Campaign.id).where(Campaign.public_id == cid)).one()
         batch_of = dict(session.execute(select(CampaignRecipient.address, CampaignRecipient.batch).where(
-            CampaignRecipient.campaign_id == cid)).all())
+            CampaignRecipient.campaign_id == internal)).all())
     firsts: dict[int, float] = defaultdict(lambda: float("inf"))
     for address, at in mine:
         firsts[batch_of[address]] = min(firsts[batch_of[address]], at)
@@ -301,8 +304,9 @@ def test_call_scheduler_through_the_worker_with_the_time_passed_in(api, start_wo
     import json
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_calls", timeout=5) as res:
-        calls = [c for c in json.load(res)["items"] if c["body"]["call_request_id"] == call]
-    assert len(calls) == 1 and calls[0]["id"] == out["provider_call_id"] and calls[0]["body"]["to"] == "+15551234567"
     with session_scope() as session:
-        assert session.get(CallRequest, call).attempts == 1
+        row = session.scalars(select(CallRequest).where(CallRequest.public_id == call)).one()
+        assert row.attempts == 1
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_calls", timeout=5) as res:
+        calls = [c for c in json.load(res)["items"] if c["body"]["call_request_id"] == row.id]
+    assert len(calls) == 1 and calls[0]["id"] == out["provider_call_id"] and calls[0]["body"]["to"] == "+15551234567"

@@ -27,13 +27,16 @@ def test_bad_lead_campaign_and_call(api) -> None:  # type: ignore[no-untyped-def
     assert res.status_code == 400 and "invalid email address" in res.get_json()["error"]["message"]
     res = api.post("/api/campaigns", json={"tenant_id": tenant, "channel": "email", "template": "t", "recipients": []})
     assert res.status_code == 400 and "at least one recipient" in res.get_json()["error"]["message"]
-    res = api.post("/api/campaigns", json={"tenant_id": 10**12, "channel": "email", "template": "t",
+    res = api.post("/api/campaigns", json={"tenant_id": "0" * 32, "channel": "email", "template": "t",
                                            "recipients": ["a@example.com"]})
     assert res.status_code == 400 and "does not exist" in res.get_json()["error"]["message"]
     lead = api.post("/api/leads", json={"tenant_id": tenant, "name": "no phone"}).get_json()["id"]
     res = api.post("/api/calls", json={"tenant_id": tenant, "lead_id": lead})
     assert res.status_code == 400 and "no phone number" in res.get_json()["error"]["message"]
     assert api.get("/api/campaigns/999999999").status_code == 404
+    # Ids are opaque: nothing sequential to walk.
+    other = api.post("/api/tenants", json={"name": "t2", "plan": "paid"}).get_json()["id"]
+    assert len(tenant) == len(other) == 32 and not tenant.isdigit() and int(other, 16) != int(tenant, 16) + 1
 
 
 def test_created_rows_read_back(api) -> None:  # type: ignore[no-untyped-def]
