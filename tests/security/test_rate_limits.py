@@ -238,3 +238,27 @@ def test_third_scan_submission_answers_429_quota_exceeded(pg_database) -> None: 
     # Another client still submits.
     _, other = _client_key()
     assert _submit(http, other).status_code == 202
+
+
+def test_an_ocr_upload_never_completed_stops_counting(pg_database) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from app.models.base import utcnow
+    from app.models.ocr import Upload
+    from app.services.quotas import unfinished_jobs
+
+    client_id, _ = _client_key()
+    old = utcnow() - timedelta(hours=2)
+    rows = [("uploaded", None), ("uploaded", old), ("queued", old), ("processing", None), ("ready", None),
+            ("failed", None)]
+    with session_scope() as session:
+        for status, created in rows:
+            upload = Upload(id=secrets.token_hex(16), filename="a.png", storage_key="k", status=status,
+                            client_id=client_id)
+            if created is not None:
+                upload.created_at = created
+            session.add(upload)
+    with session_scope() as session:
+        # The fresh `uploaded`, the old `queued` and the `processing`: not the abandoned one.
+        assert unfinished_jobs(session, "ocr", client_id, uploaded_counts_for=timedelta(hours=1)) == 3
+        assert unfinished_jobs(session, "ocr", client_id) == 4
