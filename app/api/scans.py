@@ -15,6 +15,7 @@ from spectree import Response
 
 from app.api.auth import require_api_key
 from app.api.ownership import owned, owner, owner_clause
+from app.api.limits import job_quota
 from app.api.errors import ApiError, ErrorResponse
 from app.api.nudge import nudge_relay
 from app.api.spec import BEARER, spec
@@ -157,6 +158,7 @@ def scan_out(job: ScanJob) -> dict[str, Any]:
                                               HTTP_503=ErrorResponse),
                tags=["scans"], security=BEARER)
 @require_api_key
+@job_quota("scans")
 def submit(json: ScanCreate):  # type: ignore[no-untyped-def]
     """Queue a URL for a scan in a throw-away container; poll the status URL."""
     try:

@@ -17,6 +17,7 @@ from spectree.model_adapter.pydantic_adapter import BaseFile
 
 from app.api.auth import require_api_key
 from app.api.ownership import not_found, owned, owner
+from app.api.limits import job_quota
 from app.api.errors import ApiError, ErrorResponse
 from app.api.nudge import nudge_relay
 from app.api.spec import BEARER, spec
@@ -141,6 +142,7 @@ def _too_large(size: int, limit: int) -> ApiError:
     tags=["uploads"], security=BEARER,
 )
 @require_api_key
+@job_quota("ocr")
 def create(json: DirectUploadRequest, form: UploadForm):  # type: ignore[no-untyped-def]
     """Upload a scorecard (multipart ``file``), or start a direct upload to S3 (JSON ``filename``).
 

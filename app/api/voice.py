@@ -23,6 +23,7 @@ from spectree.model_adapter.pydantic_adapter import BaseFile
 
 from app.api.auth import AUTH_ATTR, _bearer, limited, require_admin, require_api_key
 from app.api.ownership import owned, owner
+from app.api.limits import job_quota
 from app.api.errors import ApiError, ErrorResponse
 from app.api.jsonfields import BoundedExtras, BoundedObject, check_bounded
 from app.api.nudge import nudge_relay
@@ -164,6 +165,7 @@ def _bad(field: str, message: str) -> ApiError:
     tags=["voice"], security=BEARER,
 )
 @require_api_key
+@job_quota("voice")
 def submit(json: VoiceJson, form: VoiceForm):  # type: ignore[no-untyped-def]
     """Accept a call for scam scoring: multipart ``audio`` and/or ``transcript``, or JSON with a
     ``storage_key`` / ``audio_url`` and/or ``transcript``. 202 with the status URL."""
