@@ -39,7 +39,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json = JsonProvider(app)  # over-deep JSON is a 400, not a RecursionError
     app.json.sort_keys = False  # type: ignore[attr-defined]
     register_error_handlers(app)
-    app.before_request(_authenticate_first)
 
     for name in BLUEPRINTS:
         app.register_blueprint(import_module(f"app.api.{name}").bp)
@@ -53,6 +52,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         return jsonify(openapi_document())
 
     _add_operations(app)
+    # After the tracing hooks, so a request refused here still has its span.
+    app.before_request(_authenticate_first)
     if settings.trusted_proxy_hops:
         # Outermost, so tracing, the failure limiter and links all see the client's
         # address, scheme and host as the trusted proxies forwarded them.
