@@ -69,6 +69,17 @@ def _split(url: str) -> tuple[str, str, int, str]:
     return scheme, host, port or (443 if scheme == "https" else 80), target
 
 
+def judge(url: str, *, allow: list[AllowRule] | None, timeout: float) -> None:
+    """``Refused`` when the first hop of ``url`` is refused by the policy (for a URL another
+    party will fetch: a remote voice worker); a URL that cannot be read or resolved passes
+    here and fails where it is fetched."""
+    try:
+        _, host, port, _ = _split(url)
+        checked_addresses(host, port, allow, timeout)
+    except (FetchFailed, ResolveError):
+        return
+
+
 def get(url: str, *, allow: list[AllowRule] | None, timeout: float, max_bytes: int,
         max_redirects: int = MAX_REDIRECTS, headers: dict[str, str] | None = None) -> bytes:
     """The body of ``url`` (at most ``max_bytes + 1`` bytes: one past the limit tells the

@@ -30,6 +30,7 @@ from app.api.nudge import nudge_relay
 from app.api.spec import ADMIN, BEARER, spec
 from app.db import session_scope
 from app.models.voice import VoiceTask
+from app import outbound
 from app.services import voice_tasks, workers
 from app.storage import LocalStorage, get_storage
 
@@ -323,6 +324,14 @@ class HeartbeatAck(BaseModel):
     heartbeat_interval: int
 
 
+def _blocked(url: str) -> bool:
+    try:
+        outbound.judge(url, allow=outbound.parse_allow(_settings().voice_fetch_allow), timeout=2.0)
+    except outbound.Refused:
+        return True
+    return False
+
+
 def _audio_url_for(task: VoiceTask) -> str | None:
     if task.audio_url:
         return task.audio_url
@@ -350,6 +359,13 @@ def next_task():  # type: ignore[no-untyped-def]
     targets = settings.voice_remote_targets.split(",")
     with session_scope() as session:
         task = voice_tasks.claim_next(session, g.worker_holder, targets, settings.voice_lease_seconds)
+        # A client's audio_url goes to the remote worker only if the address policy lets it
+        # through (as for the Celery workers); a refused one fails its task at once.
+        while task is not None and task.audio_url and _blocked(task.audio_url):
+            voice_tasks.fail(session, task.id, g.worker_holder, "blocked_address", retryable=False,
+                             max_attempts=settings.voice_max_attempts)
+            logger.info("voice task audio_url refused", extra={"task_id": task.id})
+            task = voice_tasks.claim_next(session, g.worker_holder, targets, settings.voice_lease_seconds)
         if task is None:
             return "", 204
         body = WorkerTask(task_id=task.id, audio_url=_audio_url_for(task), transcript=task.transcript,

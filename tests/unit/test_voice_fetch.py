@@ -158,3 +158,24 @@ def test_the_allow_list_is_refused_in_production_and_checked_everywhere() -> Non
     with pytest.raises(SettingsError, match="VOICE_FETCH_ALLOW"):
         load_settings(voice_fetch_allow="localhost:8081")
     assert load_settings(voice_fetch_allow=" 127.0.0.1:8081,[::1]:8081 ").voice_fetch_allow == "127.0.0.1:8081,[::1]:8081"
+
+
+def test_a_remote_worker_is_never_handed_a_refused_audio_url(api, listeners) -> None:  # type: ignore[no-untyped-def]
+    """The pull protocol judges a client's audio_url before handing it over: a refused one
+    fails its task with blocked_address, and the worker gets the next task instead."""
+    from app.db import session_scope
+    from app.services import workers
+
+    local, _ = listeners
+    with session_scope() as session:
+        _, token = workers.create_worker(session, "pull-policy", get_settings().signing_key(), token_days=1)
+    worker = {"Authorization": f"Bearer {token}"}
+    while api.client.get("/api/v1/worker/tasks/next", headers=worker).status_code == 200:
+        pass  # tasks other tests left pending
+    refused = api.post("/api/voice", json={"audio_url": f"http://127.0.0.1:{local.port}/clip.wav",
+                                           "target": "remote"}).get_json()["id"]
+    fine = api.post("/api/voice", json={"transcript": "hello there", "target": "remote"}).get_json()["id"]
+    pulled = api.client.get("/api/v1/worker/tasks/next", headers=worker)
+    assert pulled.status_code == 200 and pulled.get_json()["task_id"] == fine
+    _assert_blocked(api.get(f"/api/voice/{refused}").get_json())
+    assert local.requests == []
