@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import inspect, select
 
 from app.db import make_engine
-from app.models import ApiKey
+from app.models import ApiKey, Client
 from app.settings import Settings, get_settings
 
 
@@ -50,13 +50,17 @@ def test_timestamps_come_back_timezone_aware(engine) -> None:  # type: ignore[no
     from sqlalchemy.orm import Session
 
     with Session(engine) as session:
-        session.add(ApiKey(name="tz", prefix="ak_x", key_hash="h" * 64))
+        client = Client(name="tz")
+        session.add(client)
+        session.flush()
+        session.add(ApiKey(name="tz", client_id=client.id, prefix="ak_x", key_hash="h" * 64))
         session.commit()
     with Session(engine) as session:
         row = session.scalars(select(ApiKey).where(ApiKey.key_hash == "h" * 64)).one()
         assert row.created_at.tzinfo is not None
         assert row.created_at.utcoffset() == timezone.utc.utcoffset(None)
         session.delete(row)
+        session.delete(session.get(Client, row.client_id))
         session.commit()
 
 
@@ -65,8 +69,8 @@ def test_session_scope_rolls_back_on_error(pg_database) -> None:  # type: ignore
 
     with pytest.raises(RuntimeError):
         with session_scope() as session:
-            session.add(ApiKey(name="rollback", prefix="ak_r", key_hash="r" * 64))
+            session.add(Client(name="rollback"))
             session.flush()
             raise RuntimeError("boom")
     with session_scope() as session:
-        assert session.scalars(select(ApiKey).where(ApiKey.name == "rollback")).first() is None
+        assert session.scalars(select(Client).where(Client.name == "rollback")).first() is None
