@@ -133,13 +133,10 @@ def test_supported_formats_decode_to_mono_16k(fmt: str, subtype: str, rate: int,
 
 # --- features ---------------------------------------------------------------------------
 
-def test_acoustic_features_are_fast_and_complete() -> None:
+def test_acoustic_features_are_complete() -> None:
+    # Their speed is measured by bench.voice (acoustic_per_10s), not by a wall clock here.
     clip = _tone(10.0)
-    acoustic_features(clip)
-    started = time.perf_counter()
     features = acoustic_features(clip)
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    assert elapsed_ms < 50, elapsed_ms
     assert features.values["has_audio"] == 1.0 and abs(features.duration_s - 10.0) < 0.01
     assert acoustic_features(None).values["has_audio"] == 0.0
 
