@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -67,7 +66,6 @@ def collect_abandoned_uploads(
     now: datetime,
     retention: timedelta,
     batch_size: int,
-    on_batch: Callable[[], Any] | None = None,
 ) -> GcResult:
     """Collect what was abandoned before ``now - retention`` (see module docstring)."""
     cutoff = now - retention
@@ -120,8 +118,6 @@ def collect_abandoned_uploads(
             result.uploads_cleaned += 1
             result.chunk_objects_deleted += objects
             result.chunk_rows_deleted += rows
-        if on_batch is not None:
-            on_batch()
         if len(batch) < batch_size:
             break
 
@@ -230,7 +226,6 @@ def purge_expired_objects(
     now: datetime,
     policy: RetentionPolicy,
     batch_size: int,
-    on_batch: Callable[[], Any] | None = None,
 ) -> RetentionResult:
     """Delete the stored objects whose retention ran out, and record it on their rows.
 
@@ -250,13 +245,12 @@ def purge_expired_objects(
     object that cannot be deleted is counted in ``errors`` and left for the next run.
     """
     result = RetentionResult()
-    _purge_incomplete_uploads(scope, storage, now - policy.incomplete, policy.incomplete, result, batch_size,
-                              on_batch)
+    _purge_incomplete_uploads(scope, storage, now - policy.incomplete, policy.incomplete, result, batch_size)
     for status, age, counter in (("ready", policy.originals, "ocr_originals_deleted"),
                                  ("failed", policy.failed, "ocr_failed_deleted")):
-        _purge_finished_uploads(scope, storage, status, now - age, counter, result, batch_size, on_batch)
+        _purge_finished_uploads(scope, storage, status, now - age, counter, result, batch_size)
     for status, age in (("completed", policy.originals), ("failed", policy.failed)):
-        _purge_voice_audio(scope, storage, status, now - age, result, batch_size, on_batch)
+        _purge_voice_audio(scope, storage, status, now - age, result, batch_size)
     logger.info("retention purge", extra=result.as_dict())
     return result
 
@@ -272,7 +266,7 @@ def _delete(storage: Storage, key: str, what: str, row_id: str, result: Retentio
 
 
 def _purge_incomplete_uploads(scope: Scope, storage: Storage, cutoff: datetime, age: timedelta,
-                              result: RetentionResult, batch_size: int, on_batch: Callable[[], Any] | None) -> None:
+                              result: RetentionResult, batch_size: int) -> None:
     hours = age.total_seconds() / 3600
     while True:
         with scope() as session:
@@ -293,14 +287,12 @@ def _purge_incomplete_uploads(scope: Scope, storage: Storage, cutoff: datetime, 
         # Committed: a late ``complete`` now answers "failed", so the object can go. A row
         # failed here whose object could not be deleted is left to the failed-upload purge.
         _purge_upload_objects(scope, storage, failed, "ocr_incomplete_failed", result)
-        if on_batch is not None and batch:
-            on_batch()
         if len(batch) < batch_size:
             return
 
 
 def _purge_finished_uploads(scope: Scope, storage: Storage, status: str, cutoff: datetime, counter: str,
-                            result: RetentionResult, batch_size: int, on_batch: Callable[[], Any] | None) -> None:
+                            result: RetentionResult, batch_size: int) -> None:
     skip: set[str] = set()
     while True:
         with scope() as session:
@@ -312,8 +304,6 @@ def _purge_finished_uploads(scope: Scope, storage: Storage, status: str, cutoff:
             ).all()
         # Rows purged leave the selection; those that could not be are skipped until the next run.
         skip.update(_purge_upload_objects(scope, storage, [(i, k) for i, k in batch], counter, result))
-        if on_batch is not None and batch:
-            on_batch()
         if len(batch) < batch_size:
             return
 
@@ -335,7 +325,7 @@ def _purge_upload_objects(scope: Scope, storage: Storage, uploads: list[tuple[st
 
 
 def _purge_voice_audio(scope: Scope, storage: Storage, status: str, cutoff: datetime, result: RetentionResult,
-                       batch_size: int, on_batch: Callable[[], Any] | None) -> None:
+                       batch_size: int) -> None:
     skip: set[str] = set()
     while True:
         with scope() as session:
@@ -361,7 +351,5 @@ def _purge_voice_audio(scope: Scope, storage: Storage, status: str, cutoff: date
             result.voice_audio_deleted += cleared
             if not cleared:
                 skip.add(task_id)
-        if on_batch is not None and batch:
-            on_batch()
         if len(batch) < batch_size:
             return

@@ -9,23 +9,23 @@ the upload collection's to the ``uploads_cleaned_total`` metric.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from app.celery_app import celery_app
 from app.db import session_scope
-from app.locks import named_lock
 from app.metrics import UPLOADS_CLEANED
 from app.models.base import utcnow
 from app.services.gc import RetentionPolicy, collect_abandoned_uploads, purge_expired_objects
-from app.services.jobs import job_run, record_skip
+from app.services.schedules import run_locked
 from app.settings import get_settings
 from app.storage import get_storage
 from app.tasks.base import ping_payload
 
 JOB = "upload-gc"
 RETENTION_JOB = "retention-gc"
-LOCK_TTL = 300.0  # renewed after every batch
+LOCK_TTL = 300.0  # extended by run_locked's heartbeat while a run lasts
 
 
 @celery_app.task(bind=True, name="app.tasks.gc.ping")
@@ -34,53 +34,36 @@ def ping(self) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     return ping_payload(self)
 
 
-@celery_app.task(bind=True, name="app.tasks.gc.collect_uploads")
-def collect_uploads(self, now: str | None = None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Collect abandoned uploads; ``now`` (ISO 8601) moves the clock, for operators and tests."""
-    settings = get_settings()
+def _clock(now: str | None) -> datetime:
     at = datetime.fromisoformat(now) if now else utcnow()
     if at.tzinfo is None:
         raise ValueError("now must carry a UTC offset")
-    with named_lock(JOB, ttl=LOCK_TTL) as lock:
-        if not lock.acquired:
-            with session_scope() as session:
-                record_skip(session, JOB, "another upload-gc run holds the lock")
-            return {"skipped": True}
-        with job_run(session_scope, JOB) as run:
-            result = collect_abandoned_uploads(
-                session_scope,
-                get_storage(settings),
-                now=at,
-                retention=timedelta(hours=settings.files_retention_hours),
-                batch_size=settings.files_gc_batch_size,
-                on_batch=lambda: lock.extend(LOCK_TTL),
-            )
-            run.counts.update(result.as_dict())
-    UPLOADS_CLEANED.inc(result.uploads_cleaned)
-    return {"skipped": False, **result.as_dict()}
+    return at
+
+
+def _run(job: str, work: Callable[[], Any]) -> dict[str, Any]:
+    """``work()`` under the job's lock, its counts recorded in ``job_runs`` (``run_locked``,
+    as every beat job does; a held lock records a skip)."""
+    outcome = run_locked(session_scope, job, lambda run: run.counts.update(work().as_dict()), ttl=LOCK_TTL)
+    return {"skipped": outcome.skipped, **outcome.counts}
+
+
+@celery_app.task(bind=True, name="app.tasks.gc.collect_uploads")
+def collect_uploads(self, now: str | None = None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Collect abandoned uploads; ``now`` (ISO 8601) moves the clock, for operators and tests."""
+    settings, at = get_settings(), _clock(now)
+    result = _run(JOB, lambda: collect_abandoned_uploads(
+        session_scope, get_storage(settings), now=at, retention=timedelta(hours=settings.files_retention_hours),
+        batch_size=settings.files_gc_batch_size))
+    UPLOADS_CLEANED.inc(result.get("uploads_cleaned", 0))
+    return result
 
 
 @celery_app.task(bind=True, name="app.tasks.gc.purge_expired")
 def purge_expired(self, now: str | None = None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Delete stored originals past their retention (``RETENTION_*``); ``now`` (ISO 8601)
     moves the clock, for operators and tests."""
-    settings = get_settings()
-    at = datetime.fromisoformat(now) if now else utcnow()
-    if at.tzinfo is None:
-        raise ValueError("now must carry a UTC offset")
-    with named_lock(RETENTION_JOB, ttl=LOCK_TTL) as lock:
-        if not lock.acquired:
-            with session_scope() as session:
-                record_skip(session, RETENTION_JOB, "another retention-gc run holds the lock")
-            return {"skipped": True}
-        with job_run(session_scope, RETENTION_JOB) as run:
-            result = purge_expired_objects(
-                session_scope,
-                get_storage(settings),
-                now=at,
-                policy=RetentionPolicy.from_settings(settings),
-                batch_size=settings.files_gc_batch_size,
-                on_batch=lambda: lock.extend(LOCK_TTL),
-            )
-            run.counts.update(result.as_dict())
-    return {"skipped": False, **result.as_dict()}
+    settings, at = get_settings(), _clock(now)
+    return _run(RETENTION_JOB, lambda: purge_expired_objects(
+        session_scope, get_storage(settings), now=at, policy=RetentionPolicy.from_settings(settings),
+        batch_size=settings.files_gc_batch_size))
