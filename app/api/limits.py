@@ -3,11 +3,11 @@
 Rate limits: ``check_rate_limit()`` runs right after a client's API key is accepted and
 counts the request against RATE_LIMIT_DEFAULT (or the family's RATE_LIMITS override),
 per client and per family (the blueprint: ``scans``, ``voice``, ``uploads`` ...). The
-windows are kept in Redis by the ``limits`` library (moving window, one Lua script per
-hit), so every API process and host shares them. Over the limit the request is answered
+windows are kept in Redis by the ``limits`` library (moving window: a Lua call to count
+the hit and one to read the window for the headers), so every API process and host shares them. Over the limit the request is answered
 429 ``rate_limited`` with Retry-After; every limited response carries ``RateLimit-Limit``,
 ``RateLimit-Remaining`` and ``RateLimit-Reset`` (IETF draft names). The admin credential
-(``g.client_id`` None) is not limited. If Redis does not answer, the request goes through
+(no client: ``app.api.ownership.owner()`` is None) is not limited. If Redis does not answer, the request goes through
 with a logged warning: availability comes before limiting.
 
 Quotas: ``@job_quota("scans")`` under ``@require_api_key`` on a submit view refuses the
@@ -40,6 +40,7 @@ from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
+from app.api.ownership import owner
 from app.db import session_scope
 from app.services.quotas import FAMILIES, unfinished_jobs
 
@@ -97,13 +98,6 @@ class RateState:
                 "RateLimit-Reset": str(self.reset)}
 
 
-def _caller() -> int | None:
-    """The client the request counts for; None for the admin credential (not limited)."""
-    if g.get("is_admin"):
-        return None
-    return g.get("client_id")
-
-
 def check_rate_limit() -> None:
     """Count this request for its client and family; 429 ``rate_limited`` over the limit.
 
@@ -111,7 +105,7 @@ def check_rate_limit() -> None:
     before the view does): the request is counted once."""
     state: RateState | None = g.get("_rate_state")
     if state is None:
-        client_id = _caller()
+        client_id = owner()
         family = request.blueprint or "api"
         item = limit_for(family) if client_id is not None else None
         if item is None:
@@ -167,7 +161,7 @@ def check_job_quota(session: Session, family: str) -> None:
     can pass it together: the quota may be overshot by the number in flight at once."""
     settings = current_app.config["SETTINGS"]
     quota = getattr(settings, f"quota_{family}")
-    client_id = _caller()
+    client_id = owner()
     if not quota or client_id is None:
         return
     window = timedelta(seconds=settings.presign_expiry_seconds)
