@@ -109,9 +109,14 @@ def limited(check: Callable[[], None]) -> Callable[[], None]:
     return guarded
 
 
-def _is_admin_token(token: str) -> bool:
-    expected = current_app.config["SETTINGS"].admin_token.get_secret_value()
+def _matches(token: str, setting: str) -> bool:
+    """Whether ``token`` is the secret of ``setting`` (never when that is empty)."""
+    expected = getattr(current_app.config["SETTINGS"], setting).get_secret_value()
     return bool(expected) and hmac.compare_digest(token.encode(), expected.encode())
+
+
+def _is_admin_token(token: str) -> bool:
+    return _matches(token, "admin_token")
 
 
 @limited
@@ -138,8 +143,7 @@ def _check_admin() -> None:
     expected = current_app.config["SETTINGS"].admin_token.get_secret_value()
     if not expected:
         raise ApiError(403, "admin_disabled", "admin routes are disabled: ADMIN_TOKEN is not set")
-    token = _bearer()
-    if not hmac.compare_digest(token.encode(), expected.encode()):
+    if not _is_admin_token(_bearer()):
         raise ApiError(401, "unauthorized", "wrong admin token")
 
 
@@ -151,10 +155,17 @@ require_admin = protected(_check_admin)
 
 @limited
 def _check_metrics_token() -> None:
-    expected = current_app.config["SETTINGS"].metrics_token.get_secret_value()
-    token = _bearer()
-    if not hmac.compare_digest(token.encode(), expected.encode()):
+    if not _matches(_bearer(), "metrics_token"):
         raise ApiError(401, "unauthorized", "wrong metrics token")
+
+
+@limited
+def check_operator_token() -> None:
+    """The bearer is ADMIN_TOKEN or METRICS_TOKEN (``/health`` details); a wrong one is a
+    failed authentication like any other."""
+    token = _bearer()
+    if not (_matches(token, "admin_token") or _matches(token, "metrics_token")):
+        raise ApiError(401, "unauthorized", "the dependency details need ADMIN_TOKEN or METRICS_TOKEN")
 
 
 def check_metrics_token() -> None:

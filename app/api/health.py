@@ -9,14 +9,12 @@ the database, the broker and the rest once per request.
 
 from __future__ import annotations
 
-import hmac
-
 from flask import Blueprint, current_app, request
 from pydantic import BaseModel, Field
 from spectree import Response
 
-from app.api.auth import _bearer, limited
-from app.api.errors import ApiError, ErrorResponse
+from app.api.auth import check_operator_token
+from app.api.errors import ErrorResponse
 from app.api.spec import spec
 from app.services.health import CachedHealth, default_checks
 
@@ -37,19 +35,6 @@ class HealthResponse(BaseModel):
     dependencies: list[DependencyStatus] | None = Field(None, description="With ADMIN_TOKEN or METRICS_TOKEN only.")
 
 
-@limited
-def _check_health_token() -> None:
-    """The bearer is ADMIN_TOKEN or METRICS_TOKEN (whichever is set); a wrong one is a
-    failed authentication like any other."""
-    token = _bearer()
-    settings = current_app.config["SETTINGS"]
-    for secret in (settings.admin_token, settings.metrics_token):
-        expected = secret.get_secret_value()
-        if expected and hmac.compare_digest(token.encode(), expected.encode()):
-            return
-    raise ApiError(401, "unauthorized", "the dependency details need ADMIN_TOKEN or METRICS_TOKEN")
-
-
 def _cache() -> CachedHealth:
     cache = current_app.extensions.get("health")
     if cache is None:
@@ -66,7 +51,7 @@ def health():  # type: ignore[no-untyped-def]
     """The overall status; every dependency's status and latency with ADMIN_TOKEN or METRICS_TOKEN."""
     detailed = "Authorization" in request.headers
     if detailed:
-        _check_health_token()
+        check_operator_token()
     healthy, results = _cache().get()
     body: dict[str, object] = {"status": "ok" if healthy else "degraded"}
     if detailed:

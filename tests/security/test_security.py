@@ -79,10 +79,15 @@ def test_credentials_are_compared_in_constant_time() -> None:
     from app.services import auth as key_service
     from app.services import workers
 
-    for function in (key_service.verify_api_key, workers.authenticate, auth._check_admin.__wrapped__,
-                     auth._check_metrics_token.__wrapped__, voice.workers_login, voice._check_csrf):
+    for function in (key_service.verify_api_key, workers.authenticate, auth._matches, voice.workers_login,
+                     voice._check_csrf):
         source = inspect.getsource(function)
         assert "compare_digest" in source, f"{function.__qualname__} does not compare in constant time"
+    # The admin, metrics and operator checks compare through auth._matches.
+    for function in (auth._check_admin.__wrapped__, auth._check_metrics_token.__wrapped__,
+                     auth.check_operator_token.__wrapped__, auth._check_api_key.__wrapped__):
+        source = inspect.getsource(function)
+        assert "_matches(" in source or "_is_admin_token(" in source, function.__qualname__
     assert "key_hash == _hash(token)" in inspect.getsource(key_service.verify_api_key)  # lookup by hash
 
 
