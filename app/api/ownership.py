@@ -49,7 +49,8 @@ def _get(session: Session, model: type[T], ident: Any, by: Any, lock: bool) -> T
 
 def owned(session: Session, model: type[T], ident: Any, what: str, *, by: Any = None, lock: bool = False) -> T:
     """The caller's ``model`` row whose primary key (or column ``by``, e.g. a public id) is
-    ``ident``; 404 when missing or another's."""
+    ``ident``; 404 when missing or another's. ``lock`` for an action whose service locks the
+    row too: read unlocked first, the session would keep serving the stale row."""
     row = _get(session, model, ident, by, lock)
     if not visible(row):
         raise not_found(what, ident)
