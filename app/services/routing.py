@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.models.base import utcnow
@@ -91,9 +91,15 @@ def submit_message(
     that id is never seen. ``message_id`` is the internal id of a message the system sends
     (campaigns; ``SYSTEM_ID_PREFIX``), which no client id can reach.
     """
+    id_taken = True  # a client's id becomes the internal id only when no message has that one
     if client_ref is not None:
         owner = Message.client_id.is_(None) if client_id is None else Message.client_id == client_id
-        existing = session.scalars(select(Message).where(owner, Message.client_ref == client_ref)).first()
+        # One read answers both questions: is this the client's resend, is the id free.
+        rows = session.execute(select(Message.id, Message.client_id, Message.client_ref).where(
+            or_(and_(owner, Message.client_ref == client_ref), Message.id == client_ref))).all()
+        mine = next((r.id for r in rows if r.client_ref == client_ref and r.client_id == client_id), None)
+        existing = session.get(Message, mine) if mine is not None else None
+        id_taken = client_ref.startswith(SYSTEM_ID_PREFIX) or any(r.id == client_ref for r in rows)
     else:
         existing = session.get(Message, message_id) if message_id is not None else None
     if existing is not None:
@@ -107,8 +113,7 @@ def submit_message(
         # The first message to use an id keeps it as its internal id (what the channels see);
         # another client's message of the same id gets a fresh one. A racing insert of the
         # same internal id fails on the primary key and is retried by the caller.
-        taken = client_ref is None or client_ref.startswith(SYSTEM_ID_PREFIX) or session.get(Message, client_ref)
-        message_id = uuid.uuid4().hex if taken else client_ref
+        message_id = uuid.uuid4().hex if id_taken or client_ref is None else client_ref
     message = Message(
         id=message_id, client_id=client_id, client_ref=client_ref, conversation_id=conversation_id,
         channel=channel, recipient=recipient, content=content,
