@@ -123,7 +123,7 @@ def dlq() -> None:
 def dlq_list(channel: str | None, error: str | None, show_all: bool, limit: int) -> None:
     """List dead letters, newest first."""
     from app.db import session_scope
-    from app.services.routing import list_dead_letters
+    from app.services.messages import list_dead_letters
 
     with session_scope() as session:
         rows, total = list_dead_letters(
@@ -140,7 +140,7 @@ def dlq_list(channel: str | None, error: str | None, show_all: bool, limit: int)
 def dlq_replay(dead_letter_id: int) -> None:
     """Send a dead letter again through the outbox."""
     from app.db import session_scope
-    from app.services.routing import NotReplayable, replay_dead_letter
+    from app.services.messages import NotReplayable, replay_dead_letter
 
     try:
         with session_scope() as session:

@@ -118,7 +118,7 @@ class Client:
                           json={"reason": reason, "retryable": retryable})
 
     def download(self, url: str, max_bytes: int) -> bytes:
-        from app.services.voice_tasks import AudioFetchError, fetch_url
+        from app.services.voice.jobs import AudioFetchError, fetch_url
 
         # The signed link needs no credential; the worker token stays with the API.
         try:
@@ -152,7 +152,7 @@ class RemoteWorker:
 
     def _load(self) -> None:
         if self.deps is None:
-            from app.services.voice import deps_from_settings
+            from app.services.voice.model import deps_from_settings
             from app.settings import get_settings
 
             self.deps = deps_from_settings(get_settings())
@@ -189,7 +189,7 @@ class RemoteWorker:
 
     def process(self, task: dict[str, Any]) -> None:
         """Score one pulled task and report the outcome (401 and 5xx propagate to ``run``)."""
-        from app.services.voice import AudioError, score_clip
+        from app.services.voice.model import AudioError, score_clip
 
         task_id = task["task_id"]
         logger.info(f"Received task {task_id}", extra={"task_id": task_id, "attempt": task.get("attempt")})

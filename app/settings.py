@@ -167,7 +167,7 @@ class Settings(BaseSettings):
         "Empty: /metrics is open; bind the API to a private address then.",
     )
     rate_limit_default: str = Field(
-        "600/minute", description="Requests one client may make to one API family (`scans`, `voice`, `uploads`, "
+        "600/minute", description="Requests one client may make to one API family (`scans`, `voice`, `ocr`, "
         "...) in a moving window, in `limits` notation (`600/minute`, `20/second`, `1000/hour`); more answer 429 "
         "with Retry-After. Counted in Redis across every API process. `0` or empty: no limit.",
     )
@@ -699,7 +699,7 @@ class Settings(BaseSettings):
 
 
 #: Secrets ENVIRONMENT=production checks, and whether each must be set. SECRET_KEY signs
-#: download links and (through ``app.services.workers.token_key``) remote worker tokens;
+#: download links and (through ``app.services.voice.workers.token_key``) remote worker tokens;
 #: an empty ADMIN_TOKEN only turns the admin routes off, so it may stay empty.
 PRODUCTION_SECRETS: dict[str, bool] = {
     "secret_key": True,

@@ -27,7 +27,7 @@ import numpy as np
 from voice_data import ROOT, clip, load_corpus
 
 from app.dev.voice_clips import HELDOUT_SPEEDS, HELDOUT_VOICES, style_for
-from app.services.voice import ScoringDeps, Thresholds, load_asr, load_model, score_clip
+from app.services.voice.model import ScoringDeps, Thresholds, load_asr, load_model, score_clip
 
 SEED = 99
 CLIPS_PER_TRANSCRIPT = 2
@@ -50,7 +50,7 @@ class TimedAsr:
 
 def wer(reference: str, hypothesis: str) -> float:
     """Word error rate by edit distance over normalised words."""
-    from app.services.voice_features import normalize_text
+    from app.services.voice.features import normalize_text
 
     ref, hyp = normalize_text(reference).split(), normalize_text(hypothesis).split()
     d = list(range(len(hyp) + 1))

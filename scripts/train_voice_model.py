@@ -25,8 +25,8 @@ import numpy as np
 from voice_data import ROOT, LIMITS, AsrCache, clip, load_corpus
 
 from app.dev.voice_clips import TRAIN_SPEEDS, TRAIN_VOICES, style_for
-from app.services.voice import features_for, load_model
-from app.services.voice_features import FEATURE_NAMES, decode_audio
+from app.services.voice.model import features_for, load_model
+from app.services.voice.features import FEATURE_NAMES, decode_audio
 
 SEED = 7
 VERSION = "scam-v1"

@@ -19,7 +19,7 @@ from app.api.spec import ADMIN, BEARER, spec
 from app.db import session_scope
 from app.models.messages import DeadLetter
 from app.services import outbox as outbox_service
-from app.services.routing import NotReplayable, list_dead_letters, replay_dead_letter
+from app.services.messages import NotReplayable, list_dead_letters, replay_dead_letter
 
 bp = Blueprint("dlq", __name__)
 
@@ -116,7 +116,7 @@ def replay(dead_letter_id: int):  # type: ignore[no-untyped-def]
         raise not_found("dead letter", dead_letter_id) from None
     except NotReplayable as exc:
         raise ApiError(409, "not_replayable", str(exc)) from None
-    nudge_relay()  # the replay has a dedup key of its own: nothing to reset (app.services.routing)
+    nudge_relay()  # the replay has a dedup key of its own: nothing to reset (app.services.messages)
     body["status_url"] = f"/api/messages/{body['message_id']}"
     return body, 202
 

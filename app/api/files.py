@@ -29,7 +29,6 @@ from app.services.files import (
     create_upload,
     download_url,
     expected_chunk_size,
-    get_file,
     received_chunks,
     receive_chunk,
     upload_url,

@@ -2,7 +2,7 @@
 
 Rate limits: ``check_rate_limit()`` runs right after a client's API key is accepted and
 counts the request against RATE_LIMIT_DEFAULT (or the family's RATE_LIMITS override),
-per client and per family (the blueprint: ``scans``, ``voice``, ``uploads`` ...). The
+per client and per family (the blueprint: ``scans``, ``voice``, ``ocr`` ...). The
 windows are kept in Redis by the ``limits`` library (moving window: a Lua call to count
 the hit and one to read the window for the headers), so every API process and host shares them. Over the limit the request is answered
 429 ``rate_limited`` with Retry-After; every limited response carries ``RateLimit-Limit``,

@@ -20,7 +20,7 @@ from app.api.nudge import nudge_relay
 from app.api.spec import BEARER, spec
 from app.db import session_scope
 from app.models.messages import Message
-from app.services.routing import SYSTEM_ID_PREFIX, MessageConflict, submit_message
+from app.services.messages import SYSTEM_ID_PREFIX, MessageConflict, submit_message
 
 bp = Blueprint("messages", __name__)
 

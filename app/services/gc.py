@@ -34,7 +34,7 @@ from app.models.files import COMPLETED, FAILED, MERGING, UPLOADING, File
 from app.models.ocr import Upload
 from app.models.voice import VoiceTask
 from app.services.files import Scope, object_key, purge_chunks
-from app.services.voice_tasks import audio_key_for
+from app.services.voice.jobs import audio_key_for
 from app.storage import TMP_PREFIX, LocalStorage, S3Storage, Storage
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def remove_stale_temp_files(storage: LocalStorage, cutoff: datetime, protect: se
 
 # --- retention of stored originals --------------------------------------------------------------
 
-#: Where uploaded voice clips are stored (``app.services.voice_tasks.audio_key_for``); a
+#: Where uploaded voice clips are stored (``app.services.voice.jobs.audio_key_for``); a
 #: task naming an object elsewhere (a client's own ``storage_key``) is not ours to delete.
 VOICE_AUDIO_PREFIX = "voice/"
 

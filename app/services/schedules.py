@@ -35,7 +35,7 @@ from app.models.schedules import (
 )
 from app.services.jobs import RunHandle, Scope, job_run, record_skip
 from app.services.outbox import add_event
-from app.services.routing import SYSTEM_ID_PREFIX, submit_message
+from app.services.messages import SYSTEM_ID_PREFIX, submit_message
 
 logger = logging.getLogger(__name__)
 

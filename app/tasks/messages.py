@@ -22,7 +22,7 @@ from app.db import TRANSIENT_DB, session_scope
 from app.locks import redis_client
 from app.metrics import MESSAGES_ROUTED
 from app.services.channels import make_channels
-from app.services.routing import STATUS_CHANNEL, RouteDeps, route_message
+from app.services.messages import STATUS_CHANNEL, RouteDeps, route_message
 from app.settings import get_settings
 from app.tasks.base import ping_payload
 

@@ -20,10 +20,10 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from app.celery_app import celery_app
 from app.db import TRANSIENT_DB, session_scope
-from app.services import voice_tasks
-from app.services.voice import AudioError, ScoringDeps, deps_from_settings, score_clip
+from app.services.voice import jobs as voice_jobs
+from app.services.voice.model import AudioError, ScoringDeps, deps_from_settings, score_clip
 from app.outbound import parse_allow
-from app.services.voice_tasks import AudioFetchError, AudioURLBlocked, NotHolder
+from app.services.voice.jobs import AudioFetchError, AudioURLBlocked, NotHolder
 from app.settings import Settings, get_settings
 from app.storage import Storage, StorageKeyNotFound, get_storage
 from app.tasks.base import HandBackRetry, ping_payload
@@ -107,9 +107,9 @@ def score(self, task_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     try:
         with session_scope() as session:
             # Claimed straight into ``processing``: one statement, committed before scoring.
-            claimed = voice_tasks.claim_many(session, [task_id], holder, settings.voice_lease_seconds)
+            claimed = voice_jobs.claim_many(session, [task_id], holder, settings.voice_lease_seconds)
             if task_id not in claimed:
-                return _not_claimed(task_id, voice_tasks.statuses(session, [task_id]))
+                return _not_claimed(task_id, voice_jobs.statuses(session, [task_id]))
     except TRANSIENT_DB as exc:
         # Nothing is claimed yet and the task is still ``pending``: without a retry no
         # message would ever score it (the lease sweep only takes back held tasks).
@@ -137,8 +137,8 @@ def score_batch(items: Sequence[BatchItem]) -> list[tuple[str, Any]]:
     ids = [item.kwargs["task_id"] for item in items]
     try:
         with session_scope() as session:
-            claimed = voice_tasks.claim_many(session, list(dict.fromkeys(ids)), holder, settings.voice_lease_seconds)
-            current = voice_tasks.statuses(session, [i for i in ids if i not in claimed])
+            claimed = voice_jobs.claim_many(session, list(dict.fromkeys(ids)), holder, settings.voice_lease_seconds)
+            current = voice_jobs.statuses(session, [i for i in ids if i not in claimed])
     except TRANSIENT_DB as exc:
         logger.warning("database unavailable; scoring one by one", extra={"error": str(exc)[:200]})
         return [(ALONE, None)] * len(items)
@@ -166,7 +166,7 @@ def score_batch(items: Sequence[BatchItem]) -> list[tuple[str, Any]]:
             continue
         if time.monotonic() - renewed > settings.voice_lease_seconds / 3:
             with session_scope() as session:
-                voice_tasks.renew_leases(session, [task_id, *waiting, *(t for _, t, _ in scored)], holder,
+                voice_jobs.renew_leases(session, [task_id, *waiting, *(t for _, t, _ in scored)], holder,
                                          settings.voice_lease_seconds)
             renewed = time.monotonic()
         result, outcome = _score_held(task_id, claimed[task_id], holder, settings, storage)
@@ -193,12 +193,12 @@ def _not_claimed(task_id: str, current: dict[str, str]) -> dict[str, Any]:
     return {"task_id": task_id, "result": "not_claimed", "status": current[task_id]}
 
 
-def _score_held(task_id: str, task: voice_tasks.Claimed, holder: str, settings: Settings,
+def _score_held(task_id: str, task: voice_jobs.Claimed, holder: str, settings: Settings,
                 storage: Storage) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """Score a task this worker holds: ``(result, {})``, or ``(None, outcome)`` with the
     reason it could not be scored already recorded."""
     try:
-        data = voice_tasks.read_audio(
+        data = voice_jobs.read_audio(
             task.audio_key, task.audio_url, storage.open,
             timeout=settings.voice_fetch_timeout, max_bytes=settings.voice_max_audio_bytes,
             allow=parse_allow(settings.voice_fetch_allow),
@@ -233,7 +233,7 @@ def _record_results(holder: str, results: list[tuple[str, dict[str, Any]]]) -> l
     if not results:
         return []
     with session_scope() as session:
-        lost = voice_tasks.record_results(session, holder, results)
+        lost = voice_jobs.record_results(session, holder, results)
     outcomes = []
     for task_id, result in results:
         if task_id in lost:
@@ -250,7 +250,7 @@ def _record_results(holder: str, results: list[tuple[str, dict[str, Any]]]) -> l
 def _record_failure(task_id: str, holder: str, settings: Settings, reason: str, retryable: bool) -> dict[str, Any]:
     with session_scope() as session:
         try:
-            t = voice_tasks.fail(session, task_id, holder, reason, retryable=retryable,
+            t = voice_jobs.fail(session, task_id, holder, reason, retryable=retryable,
                                  max_attempts=settings.voice_max_attempts)
             status = t.status
         except NotHolder as exc:
@@ -264,5 +264,5 @@ def sweep_leases() -> dict[str, int]:
     """Beat: return voice tasks whose lease expired to ``pending`` (or fail them after the last attempt)."""
     settings = get_settings()
     with session_scope() as session:
-        result = voice_tasks.sweep_expired(session, settings.voice_max_attempts)
+        result = voice_jobs.sweep_expired(session, settings.voice_max_attempts)
     return {"returned": result.returned, "failed": result.failed}

@@ -54,7 +54,7 @@ def make_clips(count: int) -> list[tuple[bytes, str]]:
 
 
 def bare_rate(deps, clips: list[tuple[bytes, str]], n: int, with_asr: bool) -> float:  # type: ignore[no-untyped-def]
-    from app.services.voice import score_clip
+    from app.services.voice.model import score_clip
 
     start = time.perf_counter()
     for i in range(n):
@@ -70,7 +70,7 @@ def queue_rate(clips: list[tuple[bytes, str]], n: int, with_asr: bool, round_no:
     from app.db import session_scope
     from app.models.base import utcnow
     from app.models.voice import VoiceTask
-    from app.services import voice_tasks
+    from app.services.voice import jobs as voice_jobs
     from app.settings import get_settings
     from app.storage import get_storage
 
@@ -80,10 +80,10 @@ def queue_rate(clips: list[tuple[bytes, str]], n: int, with_asr: bool, round_no:
         for i in range(n):
             wav, text = clips[i % len(clips)]
             task_id = f"b{round_no:03d}{int(with_asr)}{i:05d}"
-            key = voice_tasks.audio_key_for(task_id)
+            key = voice_jobs.audio_key_for(task_id)
             storage.put_bytes(key, wav, content_type="audio/wav")
             # target "remote" adds no outbox event: the benchmark sends the messages itself.
-            voice_tasks.create_task(session, task_id=task_id, target="remote", audio_key=key,
+            voice_jobs.create_task(session, task_id=task_id, target="remote", audio_key=key,
                                     transcript=None if with_asr else text)
             ids.append(task_id)
     started = utcnow()
@@ -131,8 +131,8 @@ def start_worker(log: Path) -> subprocess.Popen[bytes]:
 
 def micro(deps, clips: list[tuple[bytes, str]]) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
     """Per-clip times of the pieces: decode, acoustic features, ONNX inference."""
-    from app.services.voice import features_for
-    from app.services.voice_features import acoustic_features, decode_audio
+    from app.services.voice.model import features_for
+    from app.services.voice.features import acoustic_features, decode_audio
 
     out: dict[str, list[float]] = {"decode": [], "acoustic_per_10s": [], "onnx": []}
     for wav, text in clips:
@@ -178,7 +178,7 @@ def main() -> None:
 
             upgrade()
             from app.celery_app import celery_app
-            from app.services.voice import deps_from_settings
+            from app.services.voice.model import deps_from_settings
 
             celery_app.loader.import_default_modules()
             clips = make_clips(8)

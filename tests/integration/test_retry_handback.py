@@ -17,7 +17,7 @@ from app.models.base import utcnow
 from app.models.messages import Message
 from app.models.outbox import OutboxEvent
 from app.services.outbox import task_id_for, task_kwargs
-from app.services.routing import ROUTE_TASK, submit_message
+from app.services.messages import ROUTE_TASK, submit_message
 from tests.fixtures.services import wait_for
 from tests.fixtures.workers import Worker
 

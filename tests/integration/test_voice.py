@@ -98,7 +98,7 @@ def _bad_inputs() -> dict[str, tuple[bytes, str]]:
 
 
 def test_bad_audio_fails_with_a_specific_reason(api, voice_worker) -> None:  # type: ignore[no-untyped-def]
-    from app.services.voice_features import ffmpeg_available
+    from app.services.voice.features import ffmpeg_available
 
     ids = {code: _submit_audio(api, data, name) for code, (data, name) in _bad_inputs().items()
            if not (code == "unsupported_codec" and ffmpeg_available())}

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from app.db import session_scope
 from app.models.voice import VoiceTask
-from app.services import voice_tasks
+from app.services.voice import jobs as voice_jobs
 from tests.conftest import need
 from tests.fixtures.services import wait_for
 from tests.fixtures.workers import Worker
@@ -52,12 +52,12 @@ def _create(n: int, target: str = "remote", audio: list[bytes] | None = None) ->
     storage = get_storage(get_settings())
     with session_scope() as session:
         for i in range(n):
-            task_id = voice_tasks.new_task_id()
+            task_id = voice_jobs.new_task_id()
             key = None
             if audio:
-                key = voice_tasks.audio_key_for(task_id)
+                key = voice_jobs.audio_key_for(task_id)
                 storage.put_bytes(key, audio[i % len(audio)], content_type="audio/wav")
-            voice_tasks.create_task(session, task_id=task_id, target=target, audio_key=key,
+            voice_jobs.create_task(session, task_id=task_id, target=target, audio_key=key,
                                     transcript=None if audio else (SCAM if i % 2 else BENIGN))
             ids.append(task_id)
     return ids
@@ -71,7 +71,7 @@ def _rows(ids: list[str]) -> dict[str, VoiceTask]:
 def test_a_backlog_is_scored_in_batches_and_every_message_gets_its_own_answer(batch_worker) -> None:  # type: ignore[no-untyped-def]
     ids = _create(40)
     bad = _create(2, audio=[b""])  # empty clips: each fails on its own, the batch goes on
-    missing = voice_tasks.new_task_id()
+    missing = voice_jobs.new_task_id()
     sent: list[tuple[str, AsyncResult]] = []
     client = batch_worker.client
     with client.producer_or_acquire() as producer:
@@ -132,7 +132,7 @@ def test_killing_the_pool_process_mid_batch_loses_nothing_and_scores_each_task_o
                 break
             # What beat does every few seconds: expired leases back to pending, re-dispatched.
             with session_scope() as session:
-                voice_tasks.sweep_expired(session, max_attempts=3)
+                voice_jobs.sweep_expired(session, max_attempts=3)
             drain()
             time.sleep(1)
         rows = _rows(ids)

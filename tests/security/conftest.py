@@ -114,7 +114,7 @@ def _credentials(database_url: str) -> tuple[str, str]:
     """A client key (moved to a high id, so a fuzzed ``DELETE /api/admin/api-keys/1``
     cannot revoke it) and a remote worker token, written to ``database_url``."""
     from app.services.auth import create_api_key
-    from app.services.workers import create_worker
+    from app.services.voice.workers import create_worker
     from app.settings import get_settings
 
     engine = create_engine(database_url)

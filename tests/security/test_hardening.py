@@ -310,7 +310,7 @@ class _Channel:
 
 def _route_deps(channel: _Channel, dedup):  # type: ignore[no-untyped-def]
     from app.db import session_scope
-    from app.services.routing import RouteDeps
+    from app.services.messages import RouteDeps
 
     return RouteDeps(scope=session_scope, channels={"whatsapp": channel}, dedup=dedup, notify=lambda *a: None,
                      backoff=lambda attempt: 0.1, max_retries=0, lease_seconds=30, dedup_ttl=600)
@@ -322,7 +322,7 @@ def _dead_lettered(channel: _Channel, redis_client) -> tuple[str, int, str]:  # 
 
     from app.db import session_scope
     from app.models.messages import DeadLetter
-    from app.services.routing import dedup_key, route_message, submit_message
+    from app.services.messages import dedup_key, route_message, submit_message
 
     with session_scope() as session:
         message, _ = submit_message(session, conversation_id="c", channel="whatsapp", recipient="+15550001",
@@ -364,7 +364,7 @@ def _replay_event(message_id: str) -> tuple[str, dict]:  # type: ignore[type-arg
 def test_a_replay_is_delivered_when_the_dedup_key_cannot_be_deleted(api, redis_client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import redis
 
-    from app.services.routing import dedup_key, route_message
+    from app.services.messages import dedup_key, route_message
 
     channel = _Channel(failures=1)
     message_id, dead_letter_id, first_task = _dead_lettered(channel, redis_client)
@@ -387,7 +387,7 @@ def test_a_replay_is_delivered_when_the_dedup_key_cannot_be_deleted(api, redis_c
 
 def test_a_replay_racing_the_relay_is_routed_exactly_once(pg_database, redis_client) -> None:  # type: ignore[no-untyped-def]
     from app.db import session_scope
-    from app.services.routing import NotReplayable, dedup_key, replay_dead_letter, route_message
+    from app.services.messages import NotReplayable, dedup_key, replay_dead_letter, route_message
 
     channel = _Channel(failures=1)
     message_id, dead_letter_id, first_task = _dead_lettered(channel, redis_client)

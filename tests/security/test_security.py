@@ -75,12 +75,13 @@ def test_api_keys_worker_tokens_and_admin_token_are_never_stored_in_clear(api, w
 
 def test_credentials_are_compared_in_constant_time() -> None:
     """Secrets are looked up by hash and compared with ``hmac.compare_digest``, never ``==``."""
-    from app.api import auth, voice
+    from app.api import auth
+    from app.api.voice import admin as voice_admin
     from app.services import auth as key_service
-    from app.services import workers
+    from app.services.voice import workers
 
-    for function in (key_service.verify_api_key, workers.authenticate, auth._matches, voice.workers_login,
-                     voice._check_csrf):
+    for function in (key_service.verify_api_key, workers.authenticate, auth._matches, voice_admin.workers_login,
+                     voice_admin._check_csrf):
         source = inspect.getsource(function)
         assert "compare_digest" in source, f"{function.__qualname__} does not compare in constant time"
     # The admin, metrics and operator checks compare through auth._matches.

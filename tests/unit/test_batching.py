@@ -136,14 +136,14 @@ def test_a_stopping_worker_starts_no_waiting_request(setup, monkeypatch, flag, v
 def test_a_voice_batch_whose_claim_meets_a_database_outage_goes_back_one_by_one(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy.exc import OperationalError
 
-    from app.services import voice_tasks
+    from app.services.voice import jobs as voice_jobs
     from app.tasks import voice
     from app.tasks.batching import BatchItem
 
     def down(*_a: Any, **_k: Any) -> None:
         raise OperationalError("UPDATE voice_tasks", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(voice_tasks, "claim_many", down)
+    monkeypatch.setattr(voice_jobs, "claim_many", down)
     items = [BatchItem(id=f"m{i}", kwargs={"task_id": f"t{i}"}, hostname="w@test") for i in range(3)]
     assert voice.score_batch(items) == [(ALONE, None)] * 3
 
@@ -153,14 +153,14 @@ def test_a_voice_batch_that_runs_out_of_time_gives_the_unscored_clips_back(pg_da
 
     from app.db import session_scope
     from app.models.voice import VoiceTask
-    from app.services import voice_tasks
+    from app.services.voice import jobs as voice_jobs
     from app.tasks import voice
     from app.tasks.batching import BatchItem
 
-    ids = [voice_tasks.new_task_id() for _ in range(3)]
+    ids = [voice_jobs.new_task_id() for _ in range(3)]
     with session_scope() as session:
         for task_id in ids:
-            voice_tasks.create_task(session, task_id=task_id, target="remote", transcript="hello there")
+            voice_jobs.create_task(session, task_id=task_id, target="remote", transcript="hello there")
     calls = iter([{"risk_level": "LOW", "scam_score": 0.1}, SoftTimeLimitExceeded()])
 
     def score_clip(*_a: Any) -> dict[str, Any]:

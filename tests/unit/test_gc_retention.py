@@ -15,7 +15,7 @@ from app.models.ocr import Upload
 from app.models.voice import VoiceTask
 from app.services.gc import RetentionPolicy, purge_expired_objects
 from app.services.ocr import storage_key
-from app.services.voice_tasks import audio_key_for
+from app.services.voice.jobs import audio_key_for
 from app.settings import Settings, get_settings
 from app.storage import Storage, get_storage
 

@@ -125,10 +125,10 @@ def test_redirect_from_an_allowed_server_to_loopback_is_refused(api, listeners) 
 def test_allowed_endpoint_is_fetched(listeners) -> None:  # type: ignore[no-untyped-def]
     """The control of the test above: with its endpoint allowed, the clip is read."""
     from app.outbound import parse_allow
-    from app.services import voice_tasks
+    from app.services.voice import jobs as voice_jobs
 
     allowed, _ = listeners
-    data = voice_tasks.read_audio(None, f"http://127.0.0.1:{allowed.port}/clip.wav", None, timeout=5,
+    data = voice_jobs.read_audio(None, f"http://127.0.0.1:{allowed.port}/clip.wav", None, timeout=5,
                                   max_bytes=1 << 20, allow=parse_allow(f"127.0.0.1:{allowed.port}"))
     assert data == b"RIFF-not-a-clip" and allowed.requests == ["/clip.wav"]
 
@@ -164,7 +164,7 @@ def test_a_remote_worker_is_never_handed_a_refused_audio_url(api, listeners) -> 
     """The pull protocol judges a client's audio_url before handing it over: a refused one
     fails its task with blocked_address, and the worker gets the next task instead."""
     from app.db import session_scope
-    from app.services import workers
+    from app.services.voice import workers
 
     local, _ = listeners
     with session_scope() as session:

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from app.dev.voice_clips import ClipStyle, synthesize_wav, tools_available
-from app.services.voice import (
+from app.services.voice.model import (
     ModelError,
     ScoringDeps,
     Thresholds,
@@ -23,7 +23,7 @@ from app.services.voice import (
     risk_level,
     score_clip,
 )
-from app.services.voice_features import (
+from app.services.voice.features import (
     FEATURE_NAMES,
     SAMPLE_RATE,
     AudioError,
@@ -107,7 +107,7 @@ def test_unsupported_codec_names_the_codec_and_the_missing_decoder() -> None:
 
 
 def _ffmpeg() -> bool:
-    from app.services.voice_features import ffmpeg_available
+    from app.services.voice.features import ffmpeg_available
 
     return ffmpeg_available()
 

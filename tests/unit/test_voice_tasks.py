@@ -14,15 +14,15 @@ from app.db import get_sessionmaker, session_scope
 from app.models.base import utcnow
 from app.models.outbox import OutboxEvent
 from app.models.voice import VoiceTask
-from app.services import voice_tasks, workers
+from app.services.voice import jobs as voice_jobs, workers
 
 KEY = b"k" * 32
 
 
 def _new(target: str = "remote", transcript: str = "hello") -> str:
-    task_id = voice_tasks.new_task_id()
+    task_id = voice_jobs.new_task_id()
     with session_scope() as session:
-        voice_tasks.create_task(session, task_id=task_id, target=target, transcript=transcript)
+        voice_jobs.create_task(session, task_id=task_id, target=target, transcript=transcript)
     return task_id
 
 
@@ -50,7 +50,7 @@ def test_only_one_of_many_concurrent_claimants_wins(pg_database) -> None:  # typ
         session = get_sessionmaker()()
         try:
             barrier.wait()
-            if voice_tasks.claim(session, task_id, f"h{n}", 60) is not None:
+            if voice_jobs.claim(session, task_id, f"h{n}", 60) is not None:
                 winners.append(f"h{n}")
             session.commit()
         finally:
@@ -69,14 +69,14 @@ def test_only_one_of_many_concurrent_claimants_wins(pg_database) -> None:  # typ
 def test_only_the_holder_may_update_and_complete(pg_database) -> None:  # type: ignore[no-untyped-def]
     task_id = _new()
     with session_scope() as session:
-        assert voice_tasks.claim(session, task_id, "a", 60) is not None
-    with session_scope() as session, pytest.raises(voice_tasks.NotHolder):
-        voice_tasks.complete(session, task_id, "b", {"scam_score": 0.1})
+        assert voice_jobs.claim(session, task_id, "a", 60) is not None
+    with session_scope() as session, pytest.raises(voice_jobs.NotHolder):
+        voice_jobs.complete(session, task_id, "b", {"scam_score": 0.1})
     with session_scope() as session:
-        voice_tasks.start(session, task_id, "a", 60)
-        voice_tasks.complete(session, task_id, "a", {"scam_score": 0.1})
-    with session_scope() as session, pytest.raises(voice_tasks.NotHolder):
-        voice_tasks.complete(session, task_id, "a", {"scam_score": 0.9})  # already completed
+        voice_jobs.start(session, task_id, "a", 60)
+        voice_jobs.complete(session, task_id, "a", {"scam_score": 0.1})
+    with session_scope() as session, pytest.raises(voice_jobs.NotHolder):
+        voice_jobs.complete(session, task_id, "a", {"scam_score": 0.9})  # already completed
     task = _get(task_id)
     assert task.status == "completed" and task.result == {"scam_score": 0.1}
 
@@ -85,8 +85,8 @@ def test_retryable_failures_requeue_until_the_attempts_run_out(pg_database) -> N
     task_id = _new("celery")
     for attempt in (1, 2, 3):
         with session_scope() as session:
-            assert voice_tasks.claim(session, task_id, "w", 60) is not None
-            task = voice_tasks.fail(session, task_id, "w", "download failed", retryable=True, max_attempts=3)
+            assert voice_jobs.claim(session, task_id, "w", 60) is not None
+            task = voice_jobs.fail(session, task_id, "w", "download failed", retryable=True, max_attempts=3)
             assert task.attempts == attempt
     task = _get(task_id)
     assert task.status == "failed" and "gave up after 3 attempts" in (task.error or "")
@@ -97,8 +97,8 @@ def test_retryable_failures_requeue_until_the_attempts_run_out(pg_database) -> N
 def test_a_permanent_failure_fails_at_once(pg_database) -> None:  # type: ignore[no-untyped-def]
     task_id = _new()
     with session_scope() as session:
-        voice_tasks.claim(session, task_id, "w", 60)
-        voice_tasks.fail(session, task_id, "w", "silent_audio: the clip is silent", retryable=False, max_attempts=3)
+        voice_jobs.claim(session, task_id, "w", 60)
+        voice_jobs.fail(session, task_id, "w", "silent_audio: the clip is silent", retryable=False, max_attempts=3)
     task = _get(task_id)
     assert task.status == "failed" and task.error == "silent_audio: the clip is silent"
 
@@ -107,29 +107,29 @@ def test_sweep_returns_expired_leases_and_fails_the_last_attempt(pg_database) ->
     expired, live = _new(), _new()
     now = utcnow()
     with session_scope() as session:
-        voice_tasks.claim(session, expired, "dead", 10, now=now - timedelta(seconds=60))
-        voice_tasks.claim(session, live, "alive", 600, now=now)
+        voice_jobs.claim(session, expired, "dead", 10, now=now - timedelta(seconds=60))
+        voice_jobs.claim(session, live, "alive", 600, now=now)
     with session_scope() as session:
-        result = voice_tasks.sweep_expired(session, max_attempts=2, now=now)
+        result = voice_jobs.sweep_expired(session, max_attempts=2, now=now)
     assert result.returned >= 1
     assert _get(expired).status == "pending" and _get(expired).claimed_by is None
     assert _get(live).status == "claimed"
     with session_scope() as session:
-        voice_tasks.claim(session, expired, "dead2", 10, now=now - timedelta(seconds=60))
+        voice_jobs.claim(session, expired, "dead2", 10, now=now - timedelta(seconds=60))
     with session_scope() as session:
-        voice_tasks.sweep_expired(session, max_attempts=2, now=now)
+        voice_jobs.sweep_expired(session, max_attempts=2, now=now)
     task = _get(expired)
     assert task.status == "failed" and "lease expired 2 times" in (task.error or "")
 
 
 def test_claim_next_takes_the_oldest_pending_task_of_the_allowed_targets(pg_database) -> None:  # type: ignore[no-untyped-def]
     with session_scope() as session:  # drain whatever earlier tests left pending
-        while voice_tasks.claim_next(session, "drain", ["remote", "celery"], 60):
+        while voice_jobs.claim_next(session, "drain", ["remote", "celery"], 60):
             pass
     celery_id = _new("celery")
     first, second = _new("remote"), _new("remote")
     with session_scope() as session:
-        got = [voice_tasks.claim_next(session, "w", ["remote"], 60) for _ in range(3)]
+        got = [voice_jobs.claim_next(session, "w", ["remote"], 60) for _ in range(3)]
     assert [t.id if t else None for t in got] == [first, second, None]
     assert _get(celery_id).status == "pending"
 
@@ -161,6 +161,6 @@ def test_audio_is_read_whole_up_to_one_byte_past_the_limit() -> None:
         return lambda _key: contextlib.nullcontext(io.BytesIO(data))
 
     small, big = bytes(range(256)) * 1000, b"x" * (3 << 20)
-    assert voice_tasks.read_audio("k", None, opener(small), timeout=1, max_bytes=1 << 20) == small
-    assert len(voice_tasks.read_audio("k", None, opener(big), timeout=1, max_bytes=(1 << 20) + 5)) == (1 << 20) + 6
-    assert voice_tasks.read_audio(None, None, opener(small), timeout=1, max_bytes=10) is None
+    assert voice_jobs.read_audio("k", None, opener(small), timeout=1, max_bytes=1 << 20) == small
+    assert len(voice_jobs.read_audio("k", None, opener(big), timeout=1, max_bytes=(1 << 20) + 5)) == (1 << 20) + 6
+    assert voice_jobs.read_audio(None, None, opener(small), timeout=1, max_bytes=10) is None

@@ -34,7 +34,7 @@ from app.storage import get_storage
 
 logger = logging.getLogger(__name__)
 
-bp = Blueprint("uploads", __name__)
+bp = Blueprint("ocr", __name__)
 
 #: Room for the multipart framing around the file when judging Content-Length.
 _MULTIPART_OVERHEAD = 64 * 1024
@@ -48,7 +48,7 @@ def _guard() -> None:
     if not settings.enable_ocr:
         raise ApiError(503, "ocr_disabled", "OCR uploads are turned off on this server (ENABLE_OCR=false)")
     limit = settings.ocr_max_file_bytes
-    if request.endpoint == "uploads.create" and request.content_length \
+    if request.endpoint == "ocr.create" and request.content_length \
             and request.content_length > limit + _MULTIPART_OVERHEAD:
         raise _too_large(request.content_length, limit)
 
@@ -124,8 +124,8 @@ def _created(upload: Upload, **extra: Any) -> dict[str, Any]:
     return UploadCreated(
         id=upload.id, filename=upload.filename, status=upload.status, content_type=upload.content_type,
         size=upload.size, error=upload.error,
-        status_url=url_for("uploads.upload_status", upload_id=upload.id),
-        complete_url=url_for("uploads.complete", upload_id=upload.id), **extra,
+        status_url=url_for("ocr.upload_status", upload_id=upload.id),
+        complete_url=url_for("ocr.complete", upload_id=upload.id), **extra,
     ).model_dump(mode="json")
 
 
@@ -139,7 +139,7 @@ def _too_large(size: int, limit: int) -> ApiError:
     json=DirectUploadRequest, form=UploadForm,
     resp=Response(HTTP_201=UploadCreated, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_413=ErrorResponse,
                   HTTP_503=ErrorResponse),
-    tags=["uploads"], security=BEARER,
+    tags=["ocr"], security=BEARER,
 )
 @require_api_key
 @job_quota("ocr")
@@ -184,7 +184,7 @@ def create(json: DirectUploadRequest, form: UploadForm):  # type: ignore[no-unty
 @spec.validate(
     resp=Response(HTTP_202=UploadQueued, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse, HTTP_409=ErrorResponse,
                   HTTP_503=ErrorResponse),
-    tags=["uploads"], security=BEARER,
+    tags=["ocr"], security=BEARER,
 )
 @require_api_key
 def complete(upload_id: str):  # type: ignore[no-untyped-def]
@@ -204,13 +204,13 @@ def complete(upload_id: str):  # type: ignore[no-untyped-def]
     if queued_now:
         nudge_relay()
     return {"id": upload_id, "status": status, "duplicate": not queued_now,
-            "status_url": url_for("uploads.upload_status", upload_id=upload_id)}, 202
+            "status_url": url_for("ocr.upload_status", upload_id=upload_id)}, 202
 
 
 @bp.get("/api/uploads/<upload_id>/status")
 @spec.validate(resp=Response(HTTP_200=UploadStatus, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse,
                              HTTP_503=ErrorResponse),
-               tags=["uploads"], security=BEARER)
+               tags=["ocr"], security=BEARER)
 @require_api_key
 def upload_status(upload_id: str):  # type: ignore[no-untyped-def]
     """Status, progress (pages done of total), the parsed preview when ready, the reason when failed."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from app.services.voice_features import (
+from app.services.voice.features import (
     CUES,
     FEATURE_NAMES,
     AudioError,
