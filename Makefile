@@ -19,6 +19,11 @@ test:
 bootstrap:
 	scripts/bootstrap
 
+# Static checks: ruff (style, imports, likely bugs) and mypy (types), both set in pyproject.toml.
+lint:
+	$(PY) -m ruff check app celeryconfig.py bench tests scripts
+	$(PY) -m mypy
+
 check: bootstrap
 	$(PY) -m app check
 
