@@ -21,7 +21,7 @@ STATUSES = ("pending", "claimed", "processing", "completed", "failed")
 TARGETS = ("celery", "remote")
 
 
-class VoiceTask(ClientOwned, Base):
+class VoiceJob(ClientOwned, Base):
     __tablename__ = "voice_tasks"
     __table_args__ = (
         Index("ix_voice_tasks_pull", "status", "target", "created_at"),

@@ -32,7 +32,7 @@ from sqlalchemy import and_, func, or_, select, update
 from app.models.base import utcnow
 from app.models.files import COMPLETED, FAILED, MERGING, UPLOADING, File
 from app.models.ocr import Upload
-from app.models.voice import VoiceTask
+from app.models.voice import VoiceJob
 from app.services.files import Scope, object_key, purge_chunks
 from app.services.voice.jobs import audio_key_for
 from app.storage import TMP_PREFIX, LocalStorage, S3Storage, Storage
@@ -330,11 +330,11 @@ def _purge_voice_audio(scope: Scope, storage: Storage, status: str, cutoff: date
     while True:
         with scope() as session:
             batch = session.execute(
-                select(VoiceTask.id, VoiceTask.audio_key)
-                .where(VoiceTask.status == status, VoiceTask.audio_key.like(f"{VOICE_AUDIO_PREFIX}%"),
-                       func.coalesce(VoiceTask.finished_at, VoiceTask.updated_at) < cutoff,
-                       VoiceTask.id.not_in(skip))
-                .order_by(VoiceTask.finished_at, VoiceTask.id).limit(batch_size)
+                select(VoiceJob.id, VoiceJob.audio_key)
+                .where(VoiceJob.status == status, VoiceJob.audio_key.like(f"{VOICE_AUDIO_PREFIX}%"),
+                       func.coalesce(VoiceJob.finished_at, VoiceJob.updated_at) < cutoff,
+                       VoiceJob.id.not_in(skip))
+                .order_by(VoiceJob.finished_at, VoiceJob.id).limit(batch_size)
             ).all()
         for task_id, key in batch:
             # Only the clip stored for this very task (voice/<id>/audio), never another task's.
@@ -343,8 +343,8 @@ def _purge_voice_audio(scope: Scope, storage: Storage, status: str, cutoff: date
                 continue
             with scope() as session:
                 cleared = session.execute(
-                    update(VoiceTask).where(VoiceTask.id == task_id, VoiceTask.audio_key == key,
-                                            VoiceTask.status == status)
+                    update(VoiceJob).where(VoiceJob.id == task_id, VoiceJob.audio_key == key,
+                                            VoiceJob.status == status)
                     .values(audio_key=None),
                     execution_options={"synchronize_session": False},
                 ).rowcount

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.models.base import utcnow
 from app.models.ocr import Upload
 from app.models.scans import ScanJob
-from app.models.voice import VoiceTask
+from app.models.voice import VoiceJob
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class JobFamily:
 FAMILIES: dict[str, JobFamily] = {
     "scans": JobFamily(ScanJob, "state", ("QUEUED", "FETCHING", "ANALYZING")),
     "ocr": JobFamily(Upload, "status", ("uploaded", "queued", "processing")),
-    "voice": JobFamily(VoiceTask, "status", ("pending", "claimed", "processing")),
+    "voice": JobFamily(VoiceJob, "status", ("pending", "claimed", "processing")),
 }
 
 

@@ -4,7 +4,7 @@ against the bare scoring function in one process, with and without speech recogn
 1. **Bare**: ``score_clip`` called in a loop in this process on the same clips, with the
    same models and thread settings as the worker (``deps_from_settings``: one BLAS,
    onnxruntime and ASR thread) — the baseline.
-2. **Queue**: the same clips stored in (local) storage with their ``VoiceTask`` rows,
+2. **Queue**: the same clips stored in (local) storage with their ``VoiceJob`` rows,
    one ``app.tasks.voice.score`` message each sent to the `voice` queue, consumed by one
    real ``celery worker`` pool process (prefork, concurrency 1, the deployed prefetch)
    that claims the rows, reads the clips, scores them and writes the results — in
@@ -69,7 +69,7 @@ def queue_rate(clips: list[tuple[bytes, str]], n: int, with_asr: bool, round_no:
     from app.celery_app import celery_app
     from app.db import session_scope
     from app.models.base import utcnow
-    from app.models.voice import VoiceTask
+    from app.models.voice import VoiceJob
     from app.services.voice import jobs as voice_jobs
     from app.settings import get_settings
     from app.storage import get_storage
@@ -83,7 +83,7 @@ def queue_rate(clips: list[tuple[bytes, str]], n: int, with_asr: bool, round_no:
             key = voice_jobs.audio_key_for(task_id)
             storage.put_bytes(key, wav, content_type="audio/wav")
             # target "remote" adds no outbox event: the benchmark sends the messages itself.
-            voice_jobs.create_task(session, task_id=task_id, target="remote", audio_key=key,
+            voice_jobs.create_job(session, task_id=task_id, target="remote", audio_key=key,
                                     transcript=None if with_asr else text)
             ids.append(task_id)
     started = utcnow()
@@ -97,8 +97,8 @@ def queue_rate(clips: list[tuple[bytes, str]], n: int, with_asr: bool, round_no:
         time.sleep(0.25)
         with session_scope() as session:
             done, failed, last = session.execute(
-                select(func.count(), func.count().filter(VoiceTask.status == "failed"), func.max(VoiceTask.finished_at))
-                .where(VoiceTask.id.in_(ids), VoiceTask.status.in_(("completed", "failed")))).one()
+                select(func.count(), func.count().filter(VoiceJob.status == "failed"), func.max(VoiceJob.finished_at))
+                .where(VoiceJob.id.in_(ids), VoiceJob.status.in_(("completed", "failed")))).one()
         if done == n:
             assert failed == 0, f"{failed} benchmark tasks failed"
             return n / (last - started).total_seconds()

@@ -53,7 +53,7 @@ def states(engine: Engine, items: list[Item]) -> dict[str, dict[str, tuple[str, 
     from app.models.messages import Message
     from app.models.ocr import Upload
     from app.models.scans import ScanJob
-    from app.models.voice import VoiceTask
+    from app.models.voice import VoiceJob
 
     ids: dict[str, list[str]] = defaultdict(list)
     for item in items:
@@ -61,7 +61,7 @@ def states(engine: Engine, items: list[Item]) -> dict[str, dict[str, tuple[str, 
             ids[item.family].append(item.id)
     queries = {
         "messages": (Message.id, Message.status, Message.last_error),
-        "voice": (VoiceTask.id, VoiceTask.status, VoiceTask.error),
+        "voice": (VoiceJob.id, VoiceJob.status, VoiceJob.error),
         "ocr": (Upload.id, Upload.status, Upload.error),
         "scans": (ScanJob.id, ScanJob.state, ScanJob.error),
         "files": (File.id, File.status, File.failure_reason),
@@ -171,7 +171,7 @@ def tally(engine: Engine, items: list[Item], *, deliveries: list[dict[str, Any]]
     from app.models.messages import MessageDelivery
     from app.models.ocr import Upload
     from app.models.scans import ScanJob, ScanResult
-    from app.models.voice import VoiceTask
+    from app.models.voice import VoiceJob
 
     table = {f: FamilyTally() for f in FAMILIES}
     current = states(engine, items)
@@ -225,7 +225,7 @@ def tally(engine: Engine, items: list[Item], *, deliveries: list[dict[str, Any]]
 
     with engine.connect() as conn:
         # voice: the same client ref accepted twice (a retried request that had committed)
-        metas = conn.execute(select(VoiceTask.meta)).scalars().all()
+        metas = conn.execute(select(VoiceJob.meta)).scalars().all()
         refs = Counter((m or {}).get("chaos_ref") for m in metas if (m or {}).get("chaos_ref", "").startswith(run))
         table["voice"].double_accepted = sum(n - 1 for n in refs.values() if n > 1)
         scan_urls = conn.execute(select(ScanJob.url).where(ScanJob.url.like(f"%ref={run}-%"))).scalars().all()

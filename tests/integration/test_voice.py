@@ -15,7 +15,7 @@ import soundfile as sf
 
 from app.db import session_scope
 from app.dev.voice_clips import ClipStyle, synthesize_wav, tools_available
-from app.models.voice import VoiceTask
+from app.models.voice import VoiceJob
 from tests.conftest import need
 from tests.fixtures.services import wait_for
 from tests.fixtures.workers import Worker
@@ -40,14 +40,14 @@ def voice_worker(pg_database, redis_client) -> Iterator[Worker]:  # type: ignore
         assert code == 0, worker.log_tail()
 
 
-def _task(task_id: str) -> VoiceTask:
+def _task(task_id: str) -> VoiceJob:
     with session_scope() as session:
-        task = session.get(VoiceTask, task_id)
+        task = session.get(VoiceJob, task_id)
         assert task is not None
         return task
 
 
-def _wait_done(task_id: str, timeout: float = 90) -> VoiceTask:
+def _wait_done(task_id: str, timeout: float = 90) -> VoiceJob:
     wait_for(lambda: _task(task_id).status in ("completed", "failed"), timeout=timeout,
              message=f"voice task {task_id} finished")
     return _task(task_id)

@@ -15,7 +15,7 @@ from celery.result import AsyncResult
 from sqlalchemy import func, select
 
 from app.db import session_scope
-from app.models.voice import VoiceTask
+from app.models.voice import VoiceJob
 from app.services.voice import jobs as voice_jobs
 from tests.conftest import need
 from tests.fixtures.services import wait_for
@@ -52,26 +52,26 @@ def _create(n: int, target: str = "remote", audio: list[bytes] | None = None) ->
     storage = get_storage(get_settings())
     with session_scope() as session:
         for i in range(n):
-            task_id = voice_jobs.new_task_id()
+            task_id = voice_jobs.new_job_id()
             key = None
             if audio:
                 key = voice_jobs.audio_key_for(task_id)
                 storage.put_bytes(key, audio[i % len(audio)], content_type="audio/wav")
-            voice_jobs.create_task(session, task_id=task_id, target=target, audio_key=key,
+            voice_jobs.create_job(session, task_id=task_id, target=target, audio_key=key,
                                     transcript=None if audio else (SCAM if i % 2 else BENIGN))
             ids.append(task_id)
     return ids
 
 
-def _rows(ids: list[str]) -> dict[str, VoiceTask]:
+def _rows(ids: list[str]) -> dict[str, VoiceJob]:
     with session_scope() as session:
-        return {t.id: t for t in session.scalars(select(VoiceTask).where(VoiceTask.id.in_(ids)))}
+        return {t.id: t for t in session.scalars(select(VoiceJob).where(VoiceJob.id.in_(ids)))}
 
 
 def test_a_backlog_is_scored_in_batches_and_every_message_gets_its_own_answer(batch_worker) -> None:  # type: ignore[no-untyped-def]
     ids = _create(40)
     bad = _create(2, audio=[b""])  # empty clips: each fails on its own, the batch goes on
-    missing = voice_jobs.new_task_id()
+    missing = voice_jobs.new_job_id()
     sent: list[tuple[str, AsyncResult]] = []
     client = batch_worker.client
     with client.producer_or_acquire() as producer:
@@ -117,8 +117,8 @@ def test_killing_the_pool_process_mid_batch_loses_nothing_and_scores_each_task_o
 
         def held() -> int:
             with session_scope() as session:
-                return session.scalar(select(func.count()).select_from(VoiceTask).where(
-                    VoiceTask.id.in_(ids), VoiceTask.status == "processing")) or 0
+                return session.scalar(select(func.count()).select_from(VoiceJob).where(
+                    VoiceJob.id.in_(ids), VoiceJob.status == "processing")) or 0
 
         # A batch claims all its clips at once: several held at the same moment.
         wait_for(lambda: held() >= 2, timeout=90, interval=0.05, message="a batch in flight")

@@ -13,7 +13,7 @@ import requests
 
 from app.db import session_scope
 from app.dev.voice_clips import ClipStyle, synthesize_wav, tools_available
-from app.models.voice import VoiceTask
+from app.models.voice import VoiceJob
 from tests.conftest import need
 from tests.fixtures.services import wait_for
 from tests.voice_support import ADMIN, ApiServer, RemoteWorkerProcess
@@ -39,9 +39,9 @@ def client_headers(server: ApiServer) -> dict[str, str]:
     return server.api_key()
 
 
-def _status(task_id: str) -> VoiceTask:
+def _status(task_id: str) -> VoiceJob:
     with session_scope() as session:
-        task = session.get(VoiceTask, task_id)
+        task = session.get(VoiceJob, task_id)
         assert task is not None
         return task
 

@@ -217,12 +217,12 @@ def test_objects_named_in_a_request_must_be_the_callers(two_clients) -> None:  #
 
     # A stored clip of A's (a voice task's audio) as B's storage_key: refused like a missing key.
     from app.db import session_scope
-    from app.models.voice import VoiceTask
+    from app.models.voice import VoiceJob
 
     voice = _ok(client.post("/api/voice", headers=a, data={"audio": (io.BytesIO(b"RIFF-clip"), "call.wav"),
                                                             "target": "remote"}), 202)["id"]
     with session_scope() as session:
-        key = session.get(VoiceTask, voice).audio_key
+        key = session.get(VoiceJob, voice).audio_key
     foreign = client.post("/api/voice", json={"storage_key": key, "target": "remote"}, headers=b)
     missing = client.post("/api/voice", json={"storage_key": key.replace(voice, "0" * 32), "target": "remote"},
                           headers=b)

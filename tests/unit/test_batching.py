@@ -152,15 +152,15 @@ def test_a_voice_batch_that_runs_out_of_time_gives_the_unscored_clips_back(pg_da
     from celery.exceptions import SoftTimeLimitExceeded
 
     from app.db import session_scope
-    from app.models.voice import VoiceTask
+    from app.models.voice import VoiceJob
     from app.services.voice import jobs as voice_jobs
     from app.tasks import voice
     from app.tasks.batching import BatchItem
 
-    ids = [voice_jobs.new_task_id() for _ in range(3)]
+    ids = [voice_jobs.new_job_id() for _ in range(3)]
     with session_scope() as session:
         for task_id in ids:
-            voice_jobs.create_task(session, task_id=task_id, target="remote", transcript="hello there")
+            voice_jobs.create_job(session, task_id=task_id, target="remote", transcript="hello there")
     calls = iter([{"risk_level": "LOW", "scam_score": 0.1}, SoftTimeLimitExceeded()])
 
     def score_clip(*_a: Any) -> dict[str, Any]:
@@ -177,7 +177,7 @@ def test_a_voice_batch_that_runs_out_of_time_gives_the_unscored_clips_back(pg_da
     assert outcomes[1]["reason"] == voice.TIMED_OUT and outcomes[2]["reason"].startswith("timed_out: not scored")
     assert all(o["batch"] == 3 for o in outcomes)
     with session_scope() as session:
-        rows = [session.get(VoiceTask, t) for t in ids]
+        rows = [session.get(VoiceJob, t) for t in ids]
     assert rows[0].status == "completed" and rows[0].result["scored_by"] == "celery:w@test"
     assert [r.status for r in rows[1:]] == ["pending", "pending"]  # back in the queue, attempts counted
     assert all(r.attempts == 1 and r.claimed_by is None for r in rows[1:])

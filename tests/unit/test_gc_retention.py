@@ -12,7 +12,7 @@ import pytest
 
 from app.db import session_scope
 from app.models.ocr import Upload
-from app.models.voice import VoiceTask
+from app.models.voice import VoiceJob
 from app.services.gc import RetentionPolicy, purge_expired_objects
 from app.services.ocr import storage_key
 from app.services.voice.jobs import audio_key_for
@@ -42,7 +42,7 @@ def _voice(storage: Storage, status: str, *, age: timedelta, key: str | None = N
     at = NOW - age
     key = key or audio_key_for(task_id)
     with session_scope() as session:
-        session.add(VoiceTask(id=task_id, audio_key=key, target="celery", status=status, meta={},
+        session.add(VoiceJob(id=task_id, audio_key=key, target="celery", status=status, meta={},
                               created_at=at, updated_at=at,
                               finished_at=at if status in ("completed", "failed") else None))
     storage.put_bytes(key, b"RIFF clip")
@@ -57,9 +57,9 @@ def _upload_row(upload_id: str) -> Upload:
         return row
 
 
-def _voice_row(task_id: str) -> VoiceTask:
+def _voice_row(task_id: str) -> VoiceJob:
     with session_scope() as session:
-        row = session.get(VoiceTask, task_id)
+        row = session.get(VoiceJob, task_id)
         assert row is not None
         session.expunge(row)
         return row
@@ -120,7 +120,7 @@ def clean_rows(pg_database) -> None:  # type: ignore[no-untyped-def]
 
     with session_scope() as session:
         session.execute(delete(Upload))
-        session.execute(delete(VoiceTask))
+        session.execute(delete(VoiceJob))
 
 
 def test_purge_deletes_expired_objects_and_keeps_live_ones_local(clean_rows) -> None:  # type: ignore[no-untyped-def]

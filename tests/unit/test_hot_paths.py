@@ -17,18 +17,18 @@ from app.models.base import utcnow
 from app.models.messages import Message
 from app.models.outbox import OutboxEvent
 from app.models.schedules import Campaign, CampaignRecipient
-from app.models.voice import VoiceTask
+from app.models.voice import VoiceJob
 from app.services import schedules as svc
 from app.services.voice import jobs as voice_jobs
 from app.services.auth import create_api_key, verify_api_key
 
 
 def test_voice_claim_of_several_in_one_statement_then_results_recorded_together(pg_database) -> None:  # type: ignore[no-untyped-def]
-    ids = [voice_jobs.new_task_id() for _ in range(4)]
+    ids = [voice_jobs.new_job_id() for _ in range(4)]
     with session_scope() as session:
         for task_id in ids:
-            voice_jobs.create_task(session, task_id=task_id, target="remote", transcript="hello")
-        session.execute(update(VoiceTask).where(VoiceTask.id == ids[3]).values(status="completed"))
+            voice_jobs.create_job(session, task_id=task_id, target="remote", transcript="hello")
+        session.execute(update(VoiceJob).where(VoiceJob.id == ids[3]).values(status="completed"))
     with session_scope() as session:
         claimed = voice_jobs.claim_many(session, [*ids, "nope"], "celery:w1", 60)
         assert sorted(claimed) == sorted(ids[:3]) and claimed[ids[0]].transcript == "hello"
@@ -36,7 +36,7 @@ def test_voice_claim_of_several_in_one_statement_then_results_recorded_together(
     with session_scope() as session:  # a second claimant finds them taken
         assert voice_jobs.claim_many(session, ids, "celery:w2", 60) == {}
     with session_scope() as session:  # ids[2]'s lease ran out and someone else holds it now
-        session.execute(update(VoiceTask).where(VoiceTask.id == ids[2]).values(claimed_by="remote:x"))
+        session.execute(update(VoiceJob).where(VoiceJob.id == ids[2]).values(claimed_by="remote:x"))
     with session_scope() as session:
         before = utcnow()
         assert voice_jobs.renew_leases(session, ids[:3], "celery:w1", 600) == 2
@@ -44,7 +44,7 @@ def test_voice_claim_of_several_in_one_statement_then_results_recorded_together(
         lost = voice_jobs.record_results(session, "celery:w1", [(t, {"scam_score": n / 10}) for n, t in enumerate(ids[:3])])
         assert lost == {ids[2]: "processing"}
     with session_scope() as session:
-        rows = {t.id: t for t in session.scalars(select(VoiceTask).where(VoiceTask.id.in_(ids)))}
+        rows = {t.id: t for t in session.scalars(select(VoiceJob).where(VoiceJob.id.in_(ids)))}
     for n, task_id in enumerate(ids[:2]):
         row = rows[task_id]
         assert row.status == "completed" and row.result == {"scam_score": n / 10} and row.lease_until is None

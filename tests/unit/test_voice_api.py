@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.models.outbox import OutboxEvent
-from app.models.voice import VoiceTask
+from app.models.voice import VoiceJob
 from app.storage import get_storage
 from app.settings import get_settings
 
@@ -47,7 +47,7 @@ def test_multipart_audio_is_stored_and_queued_through_the_outbox(api) -> None:  
     assert body["status"] == "pending" and body["target"] == "celery"
     assert body["status_url"] == f"/api/voice/{body['id']}"
     with session_scope() as session:
-        task = session.get(VoiceTask, body["id"])
+        task = session.get(VoiceJob, body["id"])
         assert task is not None and task.meta == {"caller": "+1555"} and task.audio_key == f"voice/{body['id']}/audio"
         event = session.scalars(select(OutboxEvent).where(OutboxEvent.aggregate_id == body["id"])).one()
         assert event.task_name == "app.tasks.voice.score"

@@ -19,7 +19,7 @@ from app.api.jsonfields import BoundedObject, check_bounded
 from app.api.nudge import nudge_relay
 from app.api.spec import BEARER, spec
 from app.db import session_scope
-from app.models.voice import VoiceTask
+from app.models.voice import VoiceJob
 from app.services.voice import jobs as voice_jobs
 from app.storage import get_storage
 
@@ -70,7 +70,7 @@ class VoiceAccepted(BaseModel):
     status_url: str
 
 
-class VoiceTaskOut(BaseModel):
+class VoiceJobOut(BaseModel):
     id: str
     status: str = Field(description="pending, claimed, processing, completed or failed")
     target: str
@@ -85,8 +85,8 @@ class VoiceTaskOut(BaseModel):
     finished_at: datetime | None
 
 
-def _task_out(task: VoiceTask) -> dict[str, Any]:
-    return VoiceTaskOut(
+def _job_out(task: VoiceJob) -> dict[str, Any]:
+    return VoiceJobOut(
         id=task.id, status=task.status, target=task.target, result=task.result if task.status == "completed" else None,
         error=task.error if task.status == "failed" else None, attempts=task.attempts, metadata=task.meta or {},
         has_audio=bool(task.audio_key or task.audio_url), created_at=task.created_at, updated_at=task.updated_at,
@@ -108,7 +108,7 @@ def submit(json: VoiceJson, form: VoiceForm):  # type: ignore[no-untyped-def]
     ``storage_key`` / ``audio_url`` and/or ``transcript``. 202 with the status URL."""
     settings = _settings()
     storage = get_storage(settings)
-    task_id = voice_jobs.new_task_id()
+    task_id = voice_jobs.new_job_id()
     audio_key = audio_url = None
     if request.mimetype == "multipart/form-data":
         transcript, target = request.form.get("transcript") or None, request.form.get("target") or None
@@ -150,7 +150,7 @@ def submit(json: VoiceJson, form: VoiceForm):  # type: ignore[no-untyped-def]
         raise _bad("target", "must be celery or remote")
     target = target or settings.voice_default_target
     with session_scope() as session:
-        task = voice_jobs.create_task(session, task_id=task_id, target=target, audio_key=audio_key,
+        task = voice_jobs.create_job(session, task_id=task_id, target=target, audio_key=audio_key,
                                        audio_url=audio_url, transcript=transcript, meta=meta,
                                        api_key_id=g.api_key_id, client_id=owner())
         status = task.status
@@ -175,10 +175,10 @@ def _parse_metadata(raw: str | None) -> dict[str, Any]:
 
 
 @bp.get("/api/voice/<task_id>")
-@spec.validate(resp=Response(HTTP_200=VoiceTaskOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
+@spec.validate(resp=Response(HTTP_200=VoiceJobOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["voice"], security=BEARER)
 @require_api_key
 def get_task(task_id: str):  # type: ignore[no-untyped-def]
     """Status of a voice task; the result when completed, the reason when failed."""
     with session_scope() as session:
-        return _task_out(owned(session, VoiceTask, task_id, "voice task"))
+        return _job_out(owned(session, VoiceJob, task_id, "voice task"))

@@ -16,7 +16,7 @@ from app.api.jsonfields import BoundedExtras
 from app.api.nudge import nudge_relay
 from app.api.spec import spec
 from app.db import session_scope
-from app.models.voice import VoiceTask
+from app.models.voice import VoiceJob
 from app import outbound
 from app.services.voice import jobs as voice_jobs, workers
 from app.storage import LocalStorage, get_storage
@@ -129,7 +129,7 @@ def _blocked(url: str) -> bool:
     return False
 
 
-def _audio_url_for(task: VoiceTask) -> str | None:
+def _audio_url_for(task: VoiceJob) -> str | None:
     if task.audio_url:
         return task.audio_url
     if not task.audio_key:
@@ -183,7 +183,7 @@ def update_status(task_id: str, json: StatusUpdate):  # type: ignore[no-untyped-
         with session_scope() as session:
             task = voice_jobs.start(session, task_id, g.worker_holder, _settings().voice_lease_seconds)
             return TaskState(task_id=task.id, status=task.status, lease_expires_at=task.lease_until).model_dump(mode="json")
-    except voice_jobs.TaskNotFound:
+    except voice_jobs.JobNotFound:
         raise ApiError(404, "not_found", f"voice task {task_id!r} does not exist") from None
     except voice_jobs.NotHolder as exc:
         raise _conflict(exc) from None
@@ -203,7 +203,7 @@ def complete_task(task_id: str, json: VoiceResult):  # type: ignore[no-untyped-d
             task = voice_jobs.complete(session, task_id, g.worker_holder, result)
             workers.count(session, g.worker_id, completed=1)
             body = TaskState(task_id=task.id, status=task.status).model_dump(mode="json")
-    except voice_jobs.TaskNotFound:
+    except voice_jobs.JobNotFound:
         raise ApiError(404, "not_found", f"voice task {task_id!r} does not exist") from None
     except voice_jobs.NotHolder as exc:
         raise _conflict(exc) from None
@@ -227,7 +227,7 @@ def fail_task(task_id: str, json: FailReport):  # type: ignore[no-untyped-def]
             workers.count(session, g.worker_id, failed=1)
             body = TaskState(task_id=task.id, status=task.status).model_dump(mode="json")
             requeued = task.status == "pending" and task.target == "celery"
-    except voice_jobs.TaskNotFound:
+    except voice_jobs.JobNotFound:
         raise ApiError(404, "not_found", f"voice task {task_id!r} does not exist") from None
     except voice_jobs.NotHolder as exc:
         raise _conflict(exc) from None

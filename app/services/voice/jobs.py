@@ -26,7 +26,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from app import outbound
 from app.models.base import utcnow
-from app.models.voice import VoiceTask
+from app.models.voice import VoiceJob
 from app.services.outbox import add_event
 
 logger = logging.getLogger(__name__)
@@ -35,14 +35,14 @@ SCORE_TASK = "app.tasks.voice.score"
 HELD = ("claimed", "processing")
 
 
-class TaskNotFound(LookupError):
+class JobNotFound(LookupError):
     """No voice task has this id."""
 
 
 class NotHolder(Exception):
     """The caller does not hold this task (never did, or its lease was taken back)."""
 
-    def __init__(self, task: VoiceTask) -> None:
+    def __init__(self, task: VoiceJob) -> None:
         super().__init__(f"voice task {task.id} is {task.status}"
                          + (" and held by another worker" if task.status in HELD else "")
                          + "; only the worker holding its lease may update it")
@@ -58,7 +58,7 @@ class AudioURLBlocked(Exception):
     final, the task fails with ``blocked_address``."""
 
 
-def new_task_id() -> str:
+def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
@@ -79,7 +79,7 @@ def key_in_voice_area(session: Session, key: str, client_id: int | None) -> bool
 
     parts = key.split("/")
     if len(parts) == 3 and parts[0] == "voice" and parts[2] == "audio" and audio_key_for(parts[1]) == key:
-        task = session.get(VoiceTask, parts[1])
+        task = session.get(VoiceJob, parts[1])
         return task is not None and task.client_id == client_id
     if len(parts) == 3 and parts[0] == "files" and object_key(parts[1]) == key:
         file = session.get(File, parts[1])
@@ -87,7 +87,7 @@ def key_in_voice_area(session: Session, key: str, client_id: int | None) -> bool
     return False
 
 
-def create_task(
+def create_job(
     session: Session,
     *,
     task_id: str,
@@ -98,10 +98,10 @@ def create_task(
     meta: dict[str, Any] | None = None,
     api_key_id: int | None = None,
     client_id: int | None = None,
-) -> VoiceTask:
+) -> VoiceJob:
     """Add a pending task of ``client_id``; a Celery-targeted one gets its outbox event in
     the same transaction."""
-    task = VoiceTask(id=task_id, target=target, audio_key=audio_key, audio_url=audio_url, transcript=transcript,
+    task = VoiceJob(id=task_id, target=target, audio_key=audio_key, audio_url=audio_url, transcript=transcript,
                      meta=meta or {}, status="pending", attempts=0, version=0, api_key_id=api_key_id,
                      client_id=client_id)
     session.add(task)
@@ -111,12 +111,12 @@ def create_task(
     return task
 
 
-def _dispatch(session: Session, task: VoiceTask) -> None:
+def _dispatch(session: Session, task: VoiceJob) -> None:
     add_event(session, aggregate_type="voice_task", aggregate_id=task.id, event_type="voice.score",
               task_name=SCORE_TASK, payload={"task_id": task.id})
 
 
-def _transition(session: Session, task: VoiceTask, expect: tuple[str, ...], holder: str | None,
+def _transition(session: Session, task: VoiceJob, expect: tuple[str, ...], holder: str | None,
                 **values: Any) -> bool:
     """One conditional UPDATE; on success the in-memory row is brought up to date.
 
@@ -124,10 +124,10 @@ def _transition(session: Session, task: VoiceTask, expect: tuple[str, ...], hold
     computed here (``attempts + 1``) and copied onto the object without a re-read.
     """
     values |= {"version": task.version + 1, "updated_at": utcnow()}
-    stmt = update(VoiceTask).where(VoiceTask.id == task.id, VoiceTask.version == task.version,
-                                   VoiceTask.status.in_(expect))
+    stmt = update(VoiceJob).where(VoiceJob.id == task.id, VoiceJob.version == task.version,
+                                   VoiceJob.status.in_(expect))
     if holder is not None:
-        stmt = stmt.where(VoiceTask.claimed_by == holder)
+        stmt = stmt.where(VoiceJob.claimed_by == holder)
     result = session.execute(stmt.values(**values), execution_options={"synchronize_session": False})
     if result.rowcount != 1:
         return False
@@ -137,28 +137,28 @@ def _transition(session: Session, task: VoiceTask, expect: tuple[str, ...], hold
 
 
 def claim(session: Session, task_id: str, holder: str, lease_seconds: float,
-          now: datetime | None = None) -> VoiceTask | None:
+          now: datetime | None = None) -> VoiceJob | None:
     """pending → claimed by ``holder``; ``None`` when someone else got there first.
 
     One conditional ``UPDATE … RETURNING``: the check and the claim are a single
     statement, so there is no read before it.
     """
-    stmt = (update(VoiceTask).where(VoiceTask.id == task_id, VoiceTask.status == "pending")
-            .values(_claimed("claimed", holder, lease_seconds, now or utcnow())).returning(VoiceTask))
+    stmt = (update(VoiceJob).where(VoiceJob.id == task_id, VoiceJob.status == "pending")
+            .values(_claimed("claimed", holder, lease_seconds, now or utcnow())).returning(VoiceJob))
     task = _returned(session, stmt)
-    if task is None and session.get(VoiceTask, task_id, populate_existing=True) is None:
-        raise TaskNotFound(task_id)
+    if task is None and session.get(VoiceJob, task_id, populate_existing=True) is None:
+        raise JobNotFound(task_id)
     return task
 
 
 def _claimed(status: str, holder: str, lease_seconds: float, now: datetime) -> dict[str, Any]:
     # The values of a claim: one more attempt, held by ``holder`` until the lease ends.
     return {"status": status, "claimed_by": holder, "claimed_at": now,
-            "lease_until": now + timedelta(seconds=lease_seconds), "attempts": VoiceTask.attempts + 1,
-            "version": VoiceTask.version + 1, "updated_at": now}
+            "lease_until": now + timedelta(seconds=lease_seconds), "attempts": VoiceJob.attempts + 1,
+            "version": VoiceJob.version + 1, "updated_at": now}
 
 
-def _returned(session: Session, stmt: Any) -> VoiceTask | None:
+def _returned(session: Session, stmt: Any) -> VoiceJob | None:
     # The row as the UPDATE left it, replacing whatever this session held for it.
     return session.scalars(stmt, execution_options={"synchronize_session": False,
                                                     "populate_existing": True}).one_or_none()
@@ -172,9 +172,9 @@ def claim_many(session: Session, task_ids: list[str], holder: str, lease_seconds
     not pending (someone else holds it, it is finished, or it does not exist:
     ``statuses`` tells which).
     """
-    stmt = (update(VoiceTask).where(VoiceTask.id.in_(task_ids), VoiceTask.status == "pending")
+    stmt = (update(VoiceJob).where(VoiceJob.id.in_(task_ids), VoiceJob.status == "pending")
             .values(_claimed("processing", holder, lease_seconds, now or utcnow()))
-            .returning(VoiceTask.id, VoiceTask.audio_key, VoiceTask.audio_url, VoiceTask.transcript))
+            .returning(VoiceJob.id, VoiceJob.audio_key, VoiceJob.audio_url, VoiceJob.transcript))
     rows = session.execute(stmt, execution_options={"synchronize_session": False})
     return {row.id: Claimed(row.audio_key, row.audio_url, row.transcript) for row in rows}
 
@@ -192,7 +192,7 @@ def statuses(session: Session, task_ids: list[str]) -> dict[str, str]:
     """Current status by id (ids that do not exist are left out)."""
     if not task_ids:
         return {}
-    rows = session.execute(select(VoiceTask.id, VoiceTask.status).where(VoiceTask.id.in_(task_ids)))
+    rows = session.execute(select(VoiceJob.id, VoiceJob.status).where(VoiceJob.id.in_(task_ids)))
     return {row.id: row.status for row in rows}
 
 
@@ -203,20 +203,20 @@ def renew_leases(session: Session, task_ids: list[str], holder: str, lease_secon
         return 0
     now = now or utcnow()
     return session.execute(
-        update(VoiceTask).where(VoiceTask.id.in_(task_ids), VoiceTask.status.in_(HELD),
-                                VoiceTask.claimed_by == holder)
+        update(VoiceJob).where(VoiceJob.id.in_(task_ids), VoiceJob.status.in_(HELD),
+                                VoiceJob.claimed_by == holder)
         .values(lease_until=now + timedelta(seconds=lease_seconds), updated_at=now),
         execution_options={"synchronize_session": False},
     ).rowcount
 
 
 def claim_next(session: Session, holder: str, targets: list[str], lease_seconds: float,
-               now: datetime | None = None) -> VoiceTask | None:
+               now: datetime | None = None) -> VoiceJob | None:
     """Claim the oldest pending task of ``targets``; ``None`` when there is none."""
     now = now or utcnow()
     for _ in range(5):  # a lost race moves on to the next candidate
-        stmt = (select(VoiceTask.id).where(VoiceTask.status == "pending", VoiceTask.target.in_(targets))
-                .order_by(VoiceTask.created_at, VoiceTask.id).limit(1))
+        stmt = (select(VoiceJob.id).where(VoiceJob.status == "pending", VoiceJob.target.in_(targets))
+                .order_by(VoiceJob.created_at, VoiceJob.id).limit(1))
         if session.get_bind().dialect.name == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True)
         task_id = session.scalar(stmt)
@@ -228,49 +228,49 @@ def claim_next(session: Session, holder: str, targets: list[str], lease_seconds:
     return None
 
 
-def _held(session: Session, task_id: str, holder: str, fresh: bool = True) -> VoiceTask:
+def _held(session: Session, task_id: str, holder: str, fresh: bool = True) -> VoiceJob:
     # ``fresh=False`` trusts a row this session already holds; the conditional UPDATE
     # still checks it against the database.
-    task = session.get(VoiceTask, task_id, populate_existing=fresh)
+    task = session.get(VoiceJob, task_id, populate_existing=fresh)
     if task is None:
-        raise TaskNotFound(task_id)
+        raise JobNotFound(task_id)
     if task.status not in HELD or task.claimed_by != holder:
         raise NotHolder(task)
     return task
 
 
 def start(session: Session, task_id: str, holder: str, lease_seconds: float,
-          now: datetime | None = None) -> VoiceTask:
+          now: datetime | None = None) -> VoiceJob:
     """claimed/processing → processing, renewing the lease; ``NotHolder`` otherwise."""
     now = now or utcnow()
     task = _held(session, task_id, holder, fresh=False)
     if not _transition(session, task, HELD, holder, status="processing",
                        lease_until=now + timedelta(seconds=lease_seconds)):
-        raise NotHolder(session.get(VoiceTask, task_id, populate_existing=True) or task)
+        raise NotHolder(session.get(VoiceJob, task_id, populate_existing=True) or task)
     return task
 
 
 def _complete_stmt(task_id: Any, holder: Any, result: Any, now: datetime) -> Any:
     # Plain values, or bind parameters for an executemany. (Statuses compared one by one:
     # an IN list would be expanded per execution, which executemany cannot do.)
-    return (update(VoiceTask)
-            .where(VoiceTask.id == task_id, or_(*(VoiceTask.status == s for s in HELD)),
-                   VoiceTask.claimed_by == holder)
+    return (update(VoiceJob)
+            .where(VoiceJob.id == task_id, or_(*(VoiceJob.status == s for s in HELD)),
+                   VoiceJob.claimed_by == holder)
             .values(status="completed", result=result, error=None, lease_until=None, finished_at=now,
-                    version=VoiceTask.version + 1, updated_at=now))
+                    version=VoiceJob.version + 1, updated_at=now))
 
 
 def complete(session: Session, task_id: str, holder: str, result: dict[str, Any],
-             now: datetime | None = None) -> VoiceTask:
+             now: datetime | None = None) -> VoiceJob:
     """Record the result of a held task; ``NotHolder`` if the lease was lost.
 
     One conditional ``UPDATE … RETURNING`` on (status held, holder): no read first; the
     row is read only when the update matched nothing, to say why.
     """
-    task = _returned(session, _complete_stmt(task_id, holder, result, now or utcnow()).returning(VoiceTask))
+    task = _returned(session, _complete_stmt(task_id, holder, result, now or utcnow()).returning(VoiceJob))
     if task is None:
-        current = session.get(VoiceTask, task_id, populate_existing=True)
-        raise TaskNotFound(task_id) if current is None else NotHolder(current)
+        current = session.get(VoiceJob, task_id, populate_existing=True)
+        raise JobNotFound(task_id) if current is None else NotHolder(current)
     return task
 
 
@@ -281,21 +281,21 @@ def record_results(session: Session, holder: str, results: list[tuple[str, dict[
     if not results:
         return {}
     stmt = _complete_stmt(bindparam("b_id"), bindparam("b_holder"),
-                          bindparam("b_result", type_=VoiceTask.result.type), now or utcnow())
+                          bindparam("b_result", type_=VoiceJob.result.type), now or utcnow())
     done = session.connection().execute(
         stmt, [{"b_id": task_id, "b_holder": holder, "b_result": result} for task_id, result in results]).rowcount
     if done == len(results):
         return {}
     # Some lease ran out (rare): the rows say which.
     ids = [task_id for task_id, _ in results]
-    rows = session.execute(select(VoiceTask.id, VoiceTask.status, VoiceTask.claimed_by).where(VoiceTask.id.in_(ids)))
+    rows = session.execute(select(VoiceJob.id, VoiceJob.status, VoiceJob.claimed_by).where(VoiceJob.id.in_(ids)))
     found = {row.id: (row.status, row.claimed_by) for row in rows}
     return {task_id: found.get(task_id, ("missing", None))[0] for task_id in ids
             if found.get(task_id) != ("completed", holder)}
 
 
 def fail(session: Session, task_id: str, holder: str, reason: str, *, retryable: bool, max_attempts: int,
-         now: datetime | None = None) -> VoiceTask:
+         now: datetime | None = None) -> VoiceJob:
     """A held task failed: back to ``pending`` while attempts remain and it may help, else ``failed``."""
     now = now or utcnow()
     task = _held(session, task_id, holder)
@@ -311,14 +311,14 @@ def fail(session: Session, task_id: str, holder: str, reason: str, *, retryable:
         ok = _transition(session, task, HELD, holder, status="failed", error=reason, lease_until=None,
                          finished_at=now)
     if not ok:
-        raise NotHolder(session.get(VoiceTask, task_id, populate_existing=True) or task)
+        raise NotHolder(session.get(VoiceJob, task_id, populate_existing=True) or task)
     return task
 
 
 def fail_unclaimed(session: Session, task_id: str, reason: str, now: datetime | None = None) -> bool:
     """Fail a pending task that can never be scored (e.g. it has neither audio nor text)."""
     now = now or utcnow()
-    task = session.get(VoiceTask, task_id, populate_existing=True)
+    task = session.get(VoiceJob, task_id, populate_existing=True)
     if task is None or task.status != "pending":
         return False
     return _transition(session, task, ("pending",), None, status="failed", error=reason, finished_at=now)
@@ -335,8 +335,8 @@ def sweep_expired(session: Session, max_attempts: int, now: datetime | None = No
     """Take back every claim whose lease has run out (the holder died or went silent)."""
     now = now or utcnow()
     result = SweepResult()
-    stmt = (select(VoiceTask).where(VoiceTask.status.in_(HELD), VoiceTask.lease_until < now)
-            .order_by(VoiceTask.lease_until).limit(limit))
+    stmt = (select(VoiceJob).where(VoiceJob.status.in_(HELD), VoiceJob.lease_until < now)
+            .order_by(VoiceJob.lease_until).limit(limit))
     for task in session.scalars(stmt):
         holder = task.claimed_by
         if task.attempts >= max_attempts:

@@ -44,7 +44,7 @@ def token_hash(token: str) -> str:
 
 
 def holder_of(worker: RemoteWorker) -> str:
-    """How a remote worker appears in ``VoiceTask.claimed_by``."""
+    """How a remote worker appears in ``VoiceJob.claimed_by``."""
     return f"remote:{worker.id}"
 
 

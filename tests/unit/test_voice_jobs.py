@@ -13,22 +13,22 @@ from sqlalchemy import select
 from app.db import get_sessionmaker, session_scope
 from app.models.base import utcnow
 from app.models.outbox import OutboxEvent
-from app.models.voice import VoiceTask
+from app.models.voice import VoiceJob
 from app.services.voice import jobs as voice_jobs, workers
 
 KEY = b"k" * 32
 
 
 def _new(target: str = "remote", transcript: str = "hello") -> str:
-    task_id = voice_jobs.new_task_id()
+    task_id = voice_jobs.new_job_id()
     with session_scope() as session:
-        voice_jobs.create_task(session, task_id=task_id, target=target, transcript=transcript)
+        voice_jobs.create_job(session, task_id=task_id, target=target, transcript=transcript)
     return task_id
 
 
-def _get(task_id: str) -> VoiceTask:
+def _get(task_id: str) -> VoiceJob:
     with session_scope() as session:
-        task = session.get(VoiceTask, task_id)
+        task = session.get(VoiceJob, task_id)
         assert task is not None
         return task
 
