@@ -30,7 +30,6 @@ import re
 import tempfile
 import threading
 import time
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager

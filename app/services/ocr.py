@@ -35,7 +35,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
