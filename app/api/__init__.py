@@ -52,6 +52,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         return jsonify(openapi_document())
 
     _add_operations(app)
+    from app.tasks.outbox import relay_after_commits
+
+    relay_after_commits()  # a commit that added an outbox event publishes it at once
     # After the tracing hooks, so a request refused here still has its span.
     app.before_request(_authenticate_first)
     if settings.trusted_proxy_hops:

@@ -14,7 +14,6 @@ from spectree import Response
 from app.api.auth import require_admin, require_api_key
 from app.api.ownership import not_found, owned, owner_clause
 from app.api.errors import ApiError, ErrorResponse
-from app.api.nudge import nudge_relay
 from app.api.spec import ADMIN, BEARER, spec
 from app.db import session_scope
 from app.models.messages import DeadLetter
@@ -116,7 +115,6 @@ def replay(dead_letter_id: int):  # type: ignore[no-untyped-def]
         raise not_found("dead letter", dead_letter_id) from None
     except NotReplayable as exc:
         raise ApiError(409, "not_replayable", str(exc)) from None
-    nudge_relay()  # the replay has a dedup key of its own: nothing to reset (app.services.messages)
     body["status_url"] = f"/api/messages/{body['message_id']}"
     return body, 202
 
@@ -152,5 +150,4 @@ def replay_outbox(event_id: int):  # type: ignore[no-untyped-def]
             body = OutboxEventOut.model_validate(event, from_attributes=True).model_dump(mode="json")
     except outbox_service.NotDead as exc:
         raise ApiError(409, "not_dead", str(exc)) from None
-    nudge_relay()
     return body, 202

@@ -3,7 +3,7 @@
 ``POST /api/files`` fixes the chunk plan; ``PUT /api/files/<id>/chunks/<n>`` takes a
 chunk's raw bytes (or, on S3, the client PUTs to the presigned URL it was given);
 ``POST /api/files/<id>/complete`` writes ``MERGING`` and the merge's outbox event in one
-transaction, then nudges the relay; ``GET /api/files/<id>`` reports progress and, once
+transaction (the relay is nudged by the commit); ``GET /api/files/<id>`` reports progress and, once
 ``COMPLETED``, a presigned download URL. A file is visible only to the client that made it (``app.api.ownership``).
 """
 
@@ -18,7 +18,6 @@ from spectree import Response
 from app.api.auth import require_api_key
 from app.api.ownership import owned, owner
 from app.api.errors import ApiError, ErrorResponse
-from app.api.nudge import nudge_relay
 from app.api.spec import BEARER, spec
 from app.db import session_scope
 from app.models.files import COMPLETED, File
@@ -62,7 +61,9 @@ class ChunkTarget(BaseModel):
     api_path: str = Field(description="The API path for this chunk; works with every backend.")
 
 
-class FileCreated(BaseModel):
+class FilePlan(BaseModel):
+    """What every answer about a file starts with: its name, size and chunk plan."""
+
     id: str
     filename: str
     content_type: str
@@ -70,6 +71,9 @@ class FileCreated(BaseModel):
     chunk_size: int
     total_chunks: int
     status: str
+
+
+class FileCreated(FilePlan):
     status_url: str
     complete_url: str
     chunks: list[ChunkTarget]
@@ -91,14 +95,7 @@ class FileAccepted(BaseModel):
     enqueued: bool = Field(description="False when the file was already merging or merged: nothing new queued.")
 
 
-class FileOut(BaseModel):
-    id: str
-    filename: str
-    content_type: str
-    size: int
-    chunk_size: int
-    total_chunks: int
-    status: str
+class FileOut(FilePlan):
     chunks_received: int
     missing_chunks: list[int]
     failure_reason: str | None
@@ -227,8 +224,6 @@ def complete(file_id: str):  # type: ignore[no-untyped-def]
             status = file.status
     except FileError as exc:
         raise _api_error(exc) from None
-    if enqueued:
-        nudge_relay()
     return {"id": file_id, "status": status, "enqueued": enqueued,
             "status_url": url_for("files.get_status", file_id=file_id)}, 202
 

@@ -16,7 +16,6 @@ from sqlalchemy.exc import IntegrityError
 from app.api.auth import require_api_key
 from app.api.ownership import is_admin, not_found, owner, scoped
 from app.api.errors import ApiError, ErrorResponse
-from app.api.nudge import nudge_relay
 from app.api.spec import BEARER, spec
 from app.db import session_scope
 from app.models.messages import Message
@@ -126,8 +125,6 @@ def submit(json: MessageCreate):  # type: ignore[no-untyped-def]
             # (or a conflict) instead of a 500.
             if attempt == 2:
                 raise
-    if created:
-        nudge_relay()
     return {
         "id": message_id, "status": status, "duplicate": not created,
         "status_url": url_for("messages.get_message", message_id=message_id),

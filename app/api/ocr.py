@@ -19,7 +19,6 @@ from app.api.auth import require_api_key
 from app.api.ownership import not_found, owned, owner
 from app.api.limits import job_quota
 from app.api.errors import ApiError, ErrorResponse
-from app.api.nudge import nudge_relay
 from app.api.spec import BEARER, spec
 from app.db import session_scope
 from app.models.ocr import Upload
@@ -201,8 +200,6 @@ def complete(upload_id: str):  # type: ignore[no-untyped-def]
         raise ApiError(409, exc.code, exc.message) from None
     if status == "failed":  # a direct upload whose bytes were refused just now
         raise ApiError(409, "upload_failed", f"upload {upload_id} has failed: {error}")
-    if queued_now:
-        nudge_relay()
     return {"id": upload_id, "status": status, "duplicate": not queued_now,
             "status_url": url_for("ocr.upload_status", upload_id=upload_id)}, 202
 

@@ -17,7 +17,6 @@ from app.api.auth import require_api_key
 from app.api.ownership import owned, owner, owner_clause
 from app.api.limits import job_quota
 from app.api.errors import ApiError, ErrorResponse
-from app.api.nudge import nudge_relay
 from app.api.spec import BEARER, spec
 from app.db import session_scope
 from app.models.scans import STATES, ScanJob
@@ -168,7 +167,6 @@ def submit(json: ScanCreate):  # type: ignore[no-untyped-def]
     except InvalidScanUrl as exc:
         raise ApiError(400, "validation_error", f"invalid request: url: {exc.reason}",
                        [{"loc": ["url"], "msg": exc.reason, "type": "invalid_url"}]) from None
-    nudge_relay()
     body["status_url"] = url_for("scans.get_scan", scan_id=body["id"])
     return body, 202
 

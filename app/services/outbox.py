@@ -18,6 +18,14 @@ the relay publishes again, with the same task id, any event published more than
 (``redeliver_unconsumed``). Consumers are idempotent, so a task that was only slow
 costs one no-op run.
 
+Publish after commit: ``add_event`` (an event due now) and ``replay_dead`` mark the
+session (``session.info["outbox_pending"]``); one ``after_commit`` listener on every
+``Session`` then calls the process's commit hook once per commit that carried such a
+mark (``set_commit_hook``: the API and the workers set it to the relay's nudge,
+``app.tasks.outbox.nudge``). A rolled-back or closed transaction only drops the mark. The
+hook is best effort and never raises into the committing code: an event it does not
+publish waits for beat's periodic relay.
+
 Tracing: ``add_event`` keeps the caller's W3C trace context (the API request's) under the
 payload key ``_trace``; ``task_kwargs`` strips it again and the relay publishes inside
 that context, so the task continues the request's trace (see ``app.tracing``).
@@ -27,13 +35,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from app.models.base import utcnow
 from app.models.outbox import OutboxEvent
@@ -42,6 +54,13 @@ from app.tracing import TRACE_KEY, carrier
 logger = logging.getLogger(__name__)
 
 PUBSUB_CHANNEL = "outbox.events"
+
+#: ``session.info`` key: the session's transaction holds an event due now.
+PENDING_KEY = "outbox_pending"
+
+Scope = Callable[[], AbstractContextManager[Session]]
+
+_commit_hook: Callable[[], None] | None = None
 
 
 class NotDead(Exception):
@@ -74,11 +93,18 @@ def add_event(
     event_type: str,
     task_name: str,
     payload: dict[str, Any],
+    delay: float = 0.0,
 ) -> OutboxEvent:
-    """Add an event to the caller's transaction; it is published only if that commits."""
+    """Add an event to the caller's transaction; it is published only if that commits.
+
+    ``delay``: seconds before the relay may publish it (the task's countdown, kept in the
+    database). An event due now asks for a relay run as soon as the transaction commits.
+    """
     json.dumps(payload)  # fail here, in the request, not later in the relay
     if TRACE_KEY in payload:
         raise ValueError(f"payload key {TRACE_KEY!r} is reserved for the trace context")
+    if not math.isfinite(delay) or delay < 0:
+        raise ValueError(f"delay must be a finite number of seconds ≥ 0, not {delay!r}")
     trace_headers = carrier()
     event = OutboxEvent(
         aggregate_type=aggregate_type,
@@ -86,11 +112,51 @@ def add_event(
         event_type=event_type,
         task_name=task_name,
         payload={**payload, TRACE_KEY: trace_headers} if trace_headers else payload,
-        next_attempt_at=utcnow(),
+        next_attempt_at=utcnow() + timedelta(seconds=delay),
     )
     session.add(event)
     session.flush()
+    if delay == 0:
+        session.info[PENDING_KEY] = True
     return event
+
+
+# --- publish after commit ----------------------------------------------------------------------
+
+
+def set_commit_hook(hook: Callable[[], None] | None) -> None:
+    """In this process, call ``hook`` after each commit that added an event due now; None:
+    nothing is called (the periodic relay alone publishes). ``hook`` must return at once."""
+    global _commit_hook
+    _commit_hook = hook
+
+
+def _after_commit(session: Session) -> None:
+    # A savepoint's release is no commit: the mark waits for the outermost transaction.
+    if session.in_nested_transaction() or not session.info.pop(PENDING_KEY, False):
+        return
+    hook = _commit_hook
+    if hook is None:
+        return
+    try:
+        hook()
+    except Exception:  # best effort: the periodic relay publishes the events anyway
+        logger.warning("outbox commit hook failed", exc_info=True)
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    # Rolled back or closed without a commit: the events are gone, so is the mark.
+    if transaction.parent is None:
+        session.info.pop(PENDING_KEY, None)
+
+
+def _listen_once() -> None:
+    for name, listener in (("after_commit", _after_commit), ("after_transaction_end", _after_transaction_end)):
+        if not sa_event.contains(Session, name, listener):
+            sa_event.listen(Session, name, listener)
+
+
+_listen_once()
 
 
 def event_id_for(task_id: str | None) -> int | None:
@@ -241,6 +307,48 @@ def relay_batch(
     return result
 
 
+@dataclass(frozen=True)
+class RelayPolicy:
+    """How one relay run drains (``OUTBOX_*`` settings)."""
+
+    batch_size: int
+    max_attempts: int
+    backoff_base: float
+    redeliver_after: float
+    budget: float
+
+
+def drain(
+    scope: Scope,
+    publish: Callable[[OutboxEvent], None],
+    policy: RelayPolicy,
+    *,
+    notify: Callable[[list[OutboxEvent]], None] | None = None,
+    on_batch: Callable[[RelayResult], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, int]:
+    """One relay run: make lost publications due again, then publish batch after batch,
+    each in its own transaction, until none is full, the broker is down or the budget is
+    spent. ``on_batch`` sees each batch's result (metrics). The run's totals."""
+    deadline = clock() + policy.budget
+    totals = {"published": 0, "failed": 0, "dead": 0, "redelivered": 0}
+    with scope() as session:
+        # Published events the broker lost become due again, and go out in this run.
+        totals["redelivered"] = len(redeliver_unconsumed(session, policy.redeliver_after, policy.batch_size))
+    while clock() < deadline:
+        with scope() as session:
+            result = relay_batch(session, publish, batch_size=policy.batch_size, max_attempts=policy.max_attempts,
+                                 backoff_base=policy.backoff_base, notify=notify)
+        totals["published"] += result.published
+        totals["failed"] += result.failed
+        totals["dead"] += result.dead
+        if on_batch is not None:
+            on_batch(result)
+        if result.broker_down or result.published + result.failed < policy.batch_size:
+            break
+    return totals
+
+
 def replay_dead(session: Session, event_id: int) -> OutboxEvent | None:
     """Give a dead event a fresh set of attempts, due now."""
     event = session.get(OutboxEvent, event_id, with_for_update=True)
@@ -252,6 +360,7 @@ def replay_dead(session: Session, event_id: int) -> OutboxEvent | None:
     event.attempts = 0
     event.published_at = None
     event.next_attempt_at = utcnow()
+    session.info[PENDING_KEY] = True
     return event
 
 

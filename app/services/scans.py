@@ -350,11 +350,8 @@ def requeue(session: Session, scan_id: str, *, from_state: str, version: int, wo
     if transition(session, scan_id, from_state=from_state, to_state=QUEUED, version=version, worker=worker,
                   detail=detail, recovery=True) is None:
         return False
-    event = add_event(session, aggregate_type="scan", aggregate_id=scan_id, event_type="scan.requeued",
-                      task_name=RUN_TASK, payload={"scan_id": scan_id})
-    if delay > 0:
-        event.next_attempt_at = utcnow() + timedelta(seconds=delay)
-        session.flush()
+    add_event(session, aggregate_type="scan", aggregate_id=scan_id, event_type="scan.requeued",
+              task_name=RUN_TASK, payload={"scan_id": scan_id}, delay=delay)
     return True
 
 

@@ -1,35 +1,39 @@
 """The outbox relay on the ``outbox`` queue: publishes due events to their target tasks.
 
-Triggered by beat every ``OUTBOX_RELAY_INTERVAL`` seconds (with ``expires``) and nudged by
-the API right after each commit. One run drains batches for up to
-``OUTBOX_RELAY_BUDGET`` seconds. On SQLite, which has no SKIP LOCKED, a Redis lock makes
-the relay single-runner; on PostgreSQL any number of relays run side by side.
+Triggered by beat every ``OUTBOX_RELAY_INTERVAL`` seconds (with ``expires``) and nudged
+right after each commit that added an event due now (``nudge``, the outbox's commit hook
+in the API and in the workers). One run drains batches for up to
+``OUTBOX_RELAY_BUDGET`` seconds (``app.services.outbox.drain``). On SQLite, which has no
+SKIP LOCKED, a Redis lock makes the relay single-runner; on PostgreSQL any number of
+relays run side by side.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from typing import Any
 
+from celery import signals
 from kombu.exceptions import OperationalError
 
 from app.celery_app import celery_app
 from app.db import get_engine, session_scope
 from app.locks import named_lock, redis_client
+from app.metrics import OUTBOX_FAILED, OUTBOX_PUBLISHED
 from app.models.outbox import OutboxEvent
+from app.services import outbox as outbox_service
 from app.services.outbox import (
     PUBSUB_CHANNEL,
     BrokerUnavailable,
+    RelayPolicy,
+    RelayResult,
     event_message,
-    redeliver_unconsumed,
-    relay_batch,
     task_id_for,
     task_kwargs,
     trace_headers,
 )
-from app.metrics import OUTBOX_FAILED, OUTBOX_PUBLISHED
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 from app.tasks.base import ping_payload
 from app.tracing import restored
 
@@ -76,37 +80,25 @@ def _notify(events: list[OutboxEvent]) -> None:
     pipe.execute()
 
 
+def _policy(settings: Settings, budget: float | None) -> RelayPolicy:
+    return RelayPolicy(
+        batch_size=settings.outbox_batch_size, max_attempts=settings.outbox_max_attempts,
+        backoff_base=settings.outbox_backoff_base, redeliver_after=settings.outbox_redeliver_after,
+        budget=settings.outbox_relay_budget if budget is None else budget,
+    )
+
+
+def _count(result: RelayResult) -> None:
+    OUTBOX_PUBLISHED.inc(result.published)
+    OUTBOX_FAILED.inc(result.failed)
+
+
 def drain(budget: float | None = None) -> dict[str, int]:
     """Publish due events batch after batch until none is left or the budget is spent."""
-    settings = get_settings()
-    budget = settings.outbox_relay_budget if budget is None else budget
-    deadline = time.monotonic() + budget
-    totals = {"published": 0, "failed": 0, "dead": 0, "redelivered": 0}
     celery_app.loader.import_default_modules()  # know every target task, in any process
-    with session_scope() as session:
-        # Published events the broker lost become due again, and go out in this run.
-        totals["redelivered"] = len(redeliver_unconsumed(session, settings.outbox_redeliver_after,
-                                                         settings.outbox_batch_size))
     with celery_app.producer_or_acquire() as producer:
-        publish = _publisher(producer)
-        while time.monotonic() < deadline:
-            with session_scope() as session:
-                result = relay_batch(
-                    session,
-                    publish,
-                    batch_size=settings.outbox_batch_size,
-                    max_attempts=settings.outbox_max_attempts,
-                    backoff_base=settings.outbox_backoff_base,
-                    notify=_notify,
-                )
-            totals["published"] += result.published
-            totals["failed"] += result.failed
-            OUTBOX_PUBLISHED.inc(result.published)
-            OUTBOX_FAILED.inc(result.failed)
-            totals["dead"] += result.dead
-            if result.broker_down or result.published + result.failed < settings.outbox_batch_size:
-                break
-    return totals
+        return outbox_service.drain(session_scope, _publisher(producer), _policy(get_settings(), budget),
+                                    notify=_notify, on_batch=_count)
 
 
 @celery_app.task(bind=True, name="app.tasks.outbox.relay", ignore_result=True)
@@ -123,3 +115,50 @@ def relay(self) -> dict[str, int]:  # type: ignore[no-untyped-def]
     if totals["published"] or totals["failed"] or totals["redelivered"]:
         logger.info("outbox relayed", extra=totals)
     return totals
+
+
+# --- the nudge: a relay run right after a commit that added events -----------------------------
+
+_wake = threading.Event()
+_nudger: threading.Thread | None = None
+_nudger_lock = threading.Lock()
+
+
+def nudge() -> None:
+    """Ask for a relay run soon; returns at once (the outbox's commit hook).
+
+    Only sets a flag: one background thread per process sends at most one relay task per
+    wake-up, so a burst of commits costs one broker message, and a broker outage costs the
+    committing code nothing but a log line (beat's periodic relay covers the gap).
+    """
+    global _nudger
+    _wake.set()
+    if _nudger is None or not _nudger.is_alive():
+        with _nudger_lock:
+            if _nudger is None or not _nudger.is_alive():
+                _nudger = threading.Thread(target=_send_relays, name="outbox-nudger", daemon=True)
+                _nudger.start()
+
+
+def _send_relays() -> None:
+    expires = max(1.0, get_settings().outbox_relay_interval * 5)
+    while True:
+        _wake.wait()
+        _wake.clear()
+        try:
+            relay.apply_async(expires=expires, retry=False)
+        except Exception as exc:  # broker down: the periodic relay publishes later
+            logger.warning("outbox nudge failed", extra={"error": str(exc)[:200]})
+
+
+def relay_after_commits() -> None:
+    """Nudge the relay after every commit of this process that added an event due now
+    (set in the API's ``create_app`` and in every worker)."""
+    outbox_service.set_commit_hook(nudge)
+
+
+@signals.worker_init.connect
+def _relay_after_worker_commits(**_kwargs: object) -> None:
+    # A task's follow-up events (a requeue, a recovery, a suspension) go out at once too;
+    # in the main process, before the pool forks: each pool process starts its own nudger.
+    relay_after_commits()

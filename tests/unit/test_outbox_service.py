@@ -14,8 +14,11 @@ from app.models.outbox import OutboxEvent
 from app.services.outbox import (
     BrokerUnavailable,
     NotDead,
+    RelayPolicy,
+    RelayResult,
     add_event,
     backoff_seconds,
+    drain,
     relay_batch,
     replay_dead,
 )
@@ -126,3 +129,53 @@ def test_broker_down_charges_no_attempt(session: Session) -> None:
     assert result.broker_down and result.published == 0
     rows = list(session.scalars(select(OutboxEvent)))
     assert all(e.attempts == 0 and not e.dead and e.published_at is None for e in rows)
+
+
+def _scope_of(session: Session):  # type: ignore[no-untyped-def]
+    """The relay's session scope, on the test's own connection: each batch commits."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def scope():  # type: ignore[no-untyped-def]
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+    return scope
+
+
+def _policy(**kw: float) -> RelayPolicy:
+    return RelayPolicy(**({"batch_size": 100, "max_attempts": 3, "backoff_base": 1.0, "redeliver_after": 600.0,
+                           "budget": 5.0} | kw))  # type: ignore[arg-type]
+
+
+def test_a_relay_run_drains_batch_after_batch_until_one_is_not_full(session: Session) -> None:
+    for n in range(250):
+        _event(session, n)
+    session.commit()
+    sent: list[int] = []
+    batches: list[RelayResult] = []
+    totals = drain(_scope_of(session), lambda e: sent.append(e.payload["n"]), _policy(), on_batch=batches.append)
+    assert totals == {"published": 250, "failed": 0, "dead": 0, "redelivered": 0}
+    assert sent == list(range(250)) and [b.published for b in batches] == [100, 100, 50]
+    assert session.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None))) == 0
+
+
+def test_a_relay_run_stops_at_a_broker_outage_and_at_its_budget(session: Session) -> None:
+    for n in range(30):
+        _event(session, n)
+    session.commit()
+
+    def down(_e: OutboxEvent) -> None:
+        raise BrokerUnavailable("connection refused")
+
+    batches: list[RelayResult] = []
+    assert drain(_scope_of(session), down, _policy(batch_size=10), on_batch=batches.append)["published"] == 0
+    assert len(batches) == 1 and batches[0].broker_down
+    # Every batch full, and the clock past the budget after the second: two batches.
+    ticks = iter([0.0, 0.5, 1.5, 9.0])
+    totals = drain(_scope_of(session), lambda e: None, _policy(batch_size=10, budget=2.0), clock=lambda: next(ticks))
+    assert totals["published"] == 20

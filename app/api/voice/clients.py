@@ -16,7 +16,6 @@ from app.api.ownership import owned, owner
 from app.api.limits import job_quota
 from app.api.errors import ApiError, ErrorResponse
 from app.api.jsonfields import BoundedObject, check_bounded
-from app.api.nudge import nudge_relay
 from app.api.spec import BEARER, spec
 from app.db import session_scope
 from app.models.voice import VoiceJob
@@ -154,8 +153,6 @@ def submit(json: VoiceJson, form: VoiceForm):  # type: ignore[no-untyped-def]
                                        audio_url=audio_url, transcript=transcript, meta=meta,
                                        api_key_id=g.api_key_id, client_id=owner())
         status = task.status
-    if target == "celery":
-        nudge_relay()
     return {"id": task_id, "status": status, "target": target,
             "status_url": url_for("voice.get_task", task_id=task_id)}, 202
 

@@ -13,13 +13,12 @@ from spectree import Response
 from app.api.auth import AUTH_ATTR, _bearer, limited
 from app.api.errors import ApiError, ErrorResponse
 from app.api.jsonfields import BoundedExtras
-from app.api.nudge import nudge_relay
 from app.api.spec import spec
 from app.db import session_scope
 from app.models.voice import VoiceJob
 from app import outbound
 from app.services.voice import jobs as voice_jobs, workers
-from app.storage import LocalStorage, get_storage
+from app.storage import get_storage
 
 from app.api.voice import F, MAX_TRANSCRIPT_CHARS, WORKER, _settings, bp, logger
 
@@ -136,9 +135,10 @@ def _audio_url_for(task: VoiceJob) -> str | None:
         return None
     storage = get_storage(_settings())
     url = storage.presigned_get_url(task.audio_key, expires_in=int(_settings().voice_lease_seconds) + 300)
-    if isinstance(storage, LocalStorage) and url.startswith(storage.base_url):
+    base = storage.link_base_url
+    if base is not None and url.startswith(base):
         # The worker reaches the API at the address it used for this request.
-        url = request.host_url.rstrip("/") + url[len(storage.base_url):]
+        url = request.host_url.rstrip("/") + url[len(base):]
     return url
 
 
@@ -226,13 +226,10 @@ def fail_task(task_id: str, json: FailReport):  # type: ignore[no-untyped-def]
                                     max_attempts=_settings().voice_max_attempts)
             workers.count(session, g.worker_id, failed=1)
             body = TaskState(task_id=task.id, status=task.status).model_dump(mode="json")
-            requeued = task.status == "pending" and task.target == "celery"
     except voice_jobs.JobNotFound:
         raise ApiError(404, "not_found", f"voice task {task_id!r} does not exist") from None
     except voice_jobs.NotHolder as exc:
         raise _conflict(exc) from None
-    if requeued:
-        nudge_relay()
     return body
 
 
