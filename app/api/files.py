@@ -61,9 +61,7 @@ class ChunkTarget(BaseModel):
     api_path: str = Field(description="The API path for this chunk; works with every backend.")
 
 
-class FilePlan(BaseModel):
-    """What every answer about a file starts with: its name, size and chunk plan."""
-
+class FileCreated(BaseModel):
     id: str
     filename: str
     content_type: str
@@ -71,9 +69,6 @@ class FilePlan(BaseModel):
     chunk_size: int
     total_chunks: int
     status: str
-
-
-class FileCreated(FilePlan):
     status_url: str
     complete_url: str
     chunks: list[ChunkTarget]
@@ -95,7 +90,14 @@ class FileAccepted(BaseModel):
     enqueued: bool = Field(description="False when the file was already merging or merged: nothing new queued.")
 
 
-class FileOut(FilePlan):
+class FileOut(BaseModel):
+    id: str
+    filename: str
+    content_type: str
+    size: int
+    chunk_size: int
+    total_chunks: int
+    status: str
     chunks_received: int
     missing_chunks: list[int]
     failure_reason: str | None
