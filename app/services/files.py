@@ -43,6 +43,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from app.filenames import sanitize_filename
 from app.models.base import utcnow
 from app.models.files import COMPLETED, FAILED, MERGING, UPLOADING, File, FileChunk
 from app.services.outbox import add_event
@@ -59,7 +60,6 @@ _SPOOL_IN_MEMORY = 8 * MIB
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*(\s*;.*)?$")
-MAX_FILENAME_CHARS = 255
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -151,24 +151,6 @@ class FileLimits:
         )
 
 
-def sanitize_filename(name: str) -> str:
-    """A display name safe for storage metadata and Content-Disposition.
-
-    Keeps only the last path component (either separator), drops control and format
-    characters, leading dots and surrounding spaces, and bounds the length, keeping
-    the extension; ``../../etc/passwd`` becomes ``passwd``. Unicode letters stay.
-    """
-    name = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(" " if ch.isspace() else ch for ch in name if unicodedata.category(ch)[0] != "C" or ch.isspace())
-    name = re.sub(r" {2,}", " ", name).strip().lstrip(".").strip()
-    if len(name) > MAX_FILENAME_CHARS:
-        stem, dot, ext = name.rpartition(".")
-        if dot and 0 < len(ext) <= 16:
-            name = stem[: MAX_FILENAME_CHARS - len(ext) - 1].rstrip() + "." + ext
-        else:
-            name = name[:MAX_FILENAME_CHARS].rstrip()
-    return name or "file"
-
 
 def plan_chunks(size: int, chunk_size: int | None, limits: FileLimits) -> tuple[int, int]:
     """(chunk size, number of chunks) for a file of ``size`` bytes.
@@ -259,7 +241,7 @@ def create_upload(
     if size < 1:
         raise FileError("size must be at least 1 byte", [{"loc": ["size"], "msg": "at least 1", "type": "out_of_range"}])
     size_chunk, total = plan_chunks(size, chunk_size, limits)
-    clean = sanitize_filename(filename)
+    clean = sanitize_filename(filename, default="file")
     if content_type is not None and not _CONTENT_TYPE_RE.match(content_type):
         raise FileError(f"content_type {content_type!r} is not a MIME type",
                         [{"loc": ["content_type"], "msg": "expected type/subtype", "type": "value_error"}])

@@ -45,6 +45,7 @@ from typing import IO, Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from app.filenames import sanitize_filename
 from app.models.base import utcnow
 from app.models.ocr import Upload
 from app.services.outbox import add_event
@@ -126,18 +127,6 @@ class OcrLimits:
 # --- names, types, sizes ----------------------------------------------------------------------
 
 
-def sanitize_filename(name: str | None) -> str:
-    """The client's file name made safe to store and show: no directories, no control
-    characters, NFC-normalised, at most 255 UTF-8 bytes; ``upload`` when nothing is left."""
-    name = unicodedata.normalize("NFC", name or "")
-    name = re.split(r"[\\/]", name)[-1]
-    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
-    name = re.sub(r"\s+", " ", name).strip().lstrip(".")
-    while len(name.encode("utf-8")) > 255:
-        stem, dot, ext = name.rpartition(".")
-        name = (stem[:-1] + dot + ext) if stem and len(ext) < 16 else name[:-1]
-    return name or "upload"
-
 
 def detect_content_type(head: bytes) -> str:
     """The content type libmagic reads from the first bytes (the name is never trusted)."""
@@ -185,7 +174,7 @@ def create_upload(session: Session, storage: Storage, *, filename: str | None, s
     head = stream.read(MAGIC_BYTES)
     stream.seek(0)
     content_type = detect_content_type(head)
-    upload = Upload(id=upload_id, filename=sanitize_filename(filename), content_type=content_type, size=size,
+    upload = Upload(id=upload_id, filename=sanitize_filename(filename, default="upload"), content_type=content_type, size=size,
                     storage_key=storage_key(upload_id), status="uploaded", client_id=client_id)
     try:
         check_size(size, limits)
@@ -211,7 +200,7 @@ def start_direct_upload(session: Session, storage: Storage, *, filename: str | N
             "direct (presigned) uploads need STORAGE_BACKEND=s3; send the file as multipart/form-data instead",
         )
     upload_id = uuid.uuid4().hex
-    upload = Upload(id=upload_id, filename=sanitize_filename(filename), storage_key=storage_key(upload_id),
+    upload = Upload(id=upload_id, filename=sanitize_filename(filename, default="upload"), storage_key=storage_key(upload_id),
                     status="uploaded", client_id=client_id)
     session.add(upload)
     session.flush()
