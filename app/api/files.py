@@ -61,7 +61,9 @@ class ChunkTarget(BaseModel):
     api_path: str = Field(description="The API path for this chunk; works with every backend.")
 
 
-class FileCreated(BaseModel):
+class FilePlan(BaseModel):
+    """What every answer about a file starts with: its name, size and chunk plan."""
+
     id: str
     filename: str
     content_type: str
@@ -69,6 +71,9 @@ class FileCreated(BaseModel):
     chunk_size: int
     total_chunks: int
     status: str
+
+
+class FileCreated(FilePlan):
     status_url: str
     complete_url: str
     chunks: list[ChunkTarget]
@@ -90,14 +95,7 @@ class FileAccepted(BaseModel):
     enqueued: bool = Field(description="False when the file was already merging or merged: nothing new queued.")
 
 
-class FileOut(BaseModel):
-    id: str
-    filename: str
-    content_type: str
-    size: int
-    chunk_size: int
-    total_chunks: int
-    status: str
+class FileOut(FilePlan):
     chunks_received: int
     missing_chunks: list[int]
     failure_reason: str | None

@@ -1,7 +1,7 @@
 """``GET /storage/download/<token>``: serves the local storage backend's download links.
 
-``LocalStorage.presigned_get_url`` mints these links; with the S3 backend clients get
-S3 presigned URLs instead and this route answers 404.
+The local backend's ``presigned_get_url`` mints these links (its ``link_base_url`` is
+the API's); where the store serves its own links (S3) this route answers 404.
 """
 
 from __future__ import annotations
@@ -16,13 +16,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from app.api.errors import ApiError, ErrorResponse
 from app.api.spec import spec
-from app.storage import (
-    LocalStorage,
-    StorageTokenExpired,
-    StorageTokenInvalid,
-    get_storage,
-    guess_content_type,
-)
+from app.storage import StorageKeyNotFound, StorageTokenExpired, StorageTokenInvalid, get_storage, guess_content_type
 
 logger = logging.getLogger(__name__)
 
@@ -48,20 +42,17 @@ def download(token: str):  # type: ignore[no-untyped-def]
     signed by this deployment, 404 `not_found` when the object is gone.
     """
     storage = get_storage(current_app.config["SETTINGS"])
-    if not isinstance(storage, LocalStorage):
-        raise ApiError(404, "not_found", "download links are served by S3 in this deployment")
+    if storage.link_base_url is None:
+        raise ApiError(404, "not_found", "download links are served by the object store in this deployment")
+    # Open first and describe the open file (not the path): a concurrent put replaces
+    # the path atomically, and the length, ETag and body must all be of one version.
     try:
-        key, filename = storage.verify_download_token(token)
+        f, key, filename = storage.open_link(token)
     except StorageTokenExpired:
         raise ApiError(403, "link_expired", "this download link has expired") from None
     except StorageTokenInvalid:
         raise ApiError(403, "invalid_link", "this download link is not valid") from None
-
-    # Open first and describe the open file (not the path): a concurrent put replaces
-    # the path atomically, and the length, ETag and body must all be of one version.
-    try:
-        f = open(storage.path_for(key), "rb")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    except StorageKeyNotFound:
         raise ApiError(404, "not_found", "the file of this link no longer exists") from None
     try:
         st = os.fstat(f.fileno())

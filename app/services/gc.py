@@ -8,9 +8,10 @@ than the retention is abandoned:
   chunk rows are deleted;
 - ``FAILED`` files keep their chunks for a retry during the retention, then lose them
   the same way; ``COMPLETED`` files whose chunk clean-up was interrupted are finished;
-- incomplete S3 multipart uploads initiated before the cutoff are aborted, except the
-  one of a merge that holds a live claim; on the local backend, temp files a killed
-  write left under ``files/`` are removed.
+- the storage's leftovers of interrupted writes from before the cutoff go
+  (``Storage.abort_incomplete_uploads``: S3 multipart uploads anywhere in the bucket;
+  ``Storage.sweep_temporary``: local temp files under ``files/``), except those of a
+  merge that holds a live claim.
 
 Files are handled in batches of ``batch_size``: each batch is marked in one transaction
 (locked with SKIP LOCKED on PostgreSQL), committed, and only then are its chunks deleted,
@@ -21,10 +22,8 @@ idempotent: a second run finds nothing more to do.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
@@ -35,13 +34,20 @@ from app.models.ocr import Upload
 from app.models.voice import VoiceJob
 from app.services.files import Scope, object_key, purge_chunks
 from app.services.voice.jobs import audio_key_for
-from app.storage import TMP_PREFIX, LocalStorage, S3Storage, Storage
+from app.storage import Storage
 
 logger = logging.getLogger(__name__)
 
 
+class _Counts:
+    """A run's counters (a dataclass of ints); ``as_dict`` goes to the job's last-run record."""
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass
-class GcResult:
+class GcResult(_Counts):
     """Counts of one collection run (they go to the job's last-run record)."""
 
     abandoned: int = 0  # UPLOADING files marked FAILED
@@ -55,9 +61,6 @@ class GcResult:
     errors: int = 0
     batches: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
 
 def collect_abandoned_uploads(
     scope: Scope,
@@ -69,65 +72,77 @@ def collect_abandoned_uploads(
 ) -> GcResult:
     """Collect what was abandoned before ``now - retention`` (see module docstring)."""
     cutoff = now - retention
-    hours = retention.total_seconds() / 3600
     result = GcResult()
     failed_ids: set[str] = set()
     while True:
-        with scope() as session:
-            due = or_(
-                and_(File.status.in_((UPLOADING, FAILED)), File.last_activity_at < cutoff),
-                and_(File.status == COMPLETED, File.completed_at < cutoff),
-            )
-            stmt = (
-                select(File)
-                .where(File.chunks_purged_at.is_(None), due)
-                .order_by(File.last_activity_at, File.id)
-                .limit(batch_size)
-            )
-            if failed_ids:
-                stmt = stmt.where(File.id.not_in(failed_ids))
-            if session.get_bind().dialect.name == "postgresql":
-                stmt = stmt.with_for_update(skip_locked=True)
-            batch = list(session.scalars(stmt))
-            kinds: dict[str, str] = {}
-            for file in batch:
-                if file.status == UPLOADING:
-                    file.status = FAILED
-                    file.failure_reason = (
-                        f"abandoned: no upload activity for over {hours:g} h "
-                        f"(last at {file.last_activity_at.isoformat()}); chunks deleted"
-                    )
-                    kinds[file.id] = "abandoned"
-                elif file.status == FAILED:
-                    kinds[file.id] = "expired_failed"  # the reason of its failure stays
-                else:
-                    kinds[file.id] = "finished_completed"
+        kinds = _mark_batch(scope, cutoff, retention, batch_size, failed_ids)
         # Committed: the files no longer accept chunks, so deleting them cannot race an upload.
-        if not batch:
+        if not kinds:
             break
         result.batches += 1
-        for file_id, kind in kinds.items():
-            try:
-                objects, rows = purge_chunks(scope, storage, file_id)
-            except Exception:
-                logger.exception("could not delete the chunks of an abandoned upload", extra={"file_id": file_id})
-                result.errors += 1
-                failed_ids.add(file_id)
-                continue
-            setattr(result, kind, getattr(result, kind) + 1)
-            result.uploads_cleaned += 1
-            result.chunk_objects_deleted += objects
-            result.chunk_rows_deleted += rows
-        if len(batch) < batch_size:
+        _purge_batch(scope, storage, kinds, result, failed_ids)
+        if len(kinds) < batch_size:
             break
 
     live = _live_merge_keys(scope, now)
-    if isinstance(storage, S3Storage):
-        result.multipart_aborted = abort_stale_multipart_uploads(storage, cutoff, protect=live)
-    elif isinstance(storage, LocalStorage):
-        result.temp_files_removed = remove_stale_temp_files(storage, cutoff, protect=live)
+    result.multipart_aborted = storage.abort_incomplete_uploads(cutoff, keep=live)
+    result.temp_files_removed = storage.sweep_temporary(cutoff, keep=live, prefix="files/")
     logger.info("upload garbage collection", extra=result.as_dict())
     return result
+
+
+def _mark_batch(scope: Scope, cutoff: datetime, retention: timedelta, batch_size: int,
+                failed_ids: set[str]) -> dict[str, str]:
+    """Lock the next batch of due files (SKIP LOCKED on PostgreSQL), fail the abandoned
+    ones, and commit; each file's id and kind (a ``GcResult`` counter name)."""
+    hours = retention.total_seconds() / 3600
+    with scope() as session:
+        due = or_(
+            and_(File.status.in_((UPLOADING, FAILED)), File.last_activity_at < cutoff),
+            and_(File.status == COMPLETED, File.completed_at < cutoff),
+        )
+        stmt = (
+            select(File)
+            .where(File.chunks_purged_at.is_(None), due)
+            .order_by(File.last_activity_at, File.id)
+            .limit(batch_size)
+        )
+        if failed_ids:
+            stmt = stmt.where(File.id.not_in(failed_ids))
+        if session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        kinds: dict[str, str] = {}
+        for file in session.scalars(stmt):
+            if file.status == UPLOADING:
+                file.status = FAILED
+                file.failure_reason = (
+                    f"abandoned: no upload activity for over {hours:g} h "
+                    f"(last at {file.last_activity_at.isoformat()}); chunks deleted"
+                )
+                kinds[file.id] = "abandoned"
+            elif file.status == FAILED:
+                kinds[file.id] = "expired_failed"  # the reason of its failure stays
+            else:
+                kinds[file.id] = "finished_completed"
+    return kinds
+
+
+def _purge_batch(scope: Scope, storage: Storage, kinds: dict[str, str], result: GcResult,
+                 failed_ids: set[str]) -> None:
+    """Delete each file's chunks, counting into ``result``; a file that fails is logged,
+    counted as an error and left out of the next batches."""
+    for file_id, kind in kinds.items():
+        try:
+            objects, rows = purge_chunks(scope, storage, file_id)
+        except Exception:
+            logger.exception("could not delete the chunks of an abandoned upload", extra={"file_id": file_id})
+            result.errors += 1
+            failed_ids.add(file_id)
+            continue
+        setattr(result, kind, getattr(result, kind) + 1)
+        result.uploads_cleaned += 1
+        result.chunk_objects_deleted += objects
+        result.chunk_rows_deleted += rows
 
 
 def _live_merge_keys(scope: Scope, now: datetime) -> set[str]:
@@ -138,49 +153,6 @@ def _live_merge_keys(scope: Scope, now: datetime) -> set[str]:
                                   File.merge_lease_until >= now)
         ).all()
     return {object_key(i) for i in ids}
-
-
-def abort_stale_multipart_uploads(storage: S3Storage, cutoff: datetime, protect: set[str]) -> int:
-    """Abort incomplete multipart uploads of the bucket initiated before ``cutoff``."""
-    client, aborted = storage.client, 0
-    args: dict[str, Any] = {"Bucket": storage.bucket}
-    while True:
-        page = client.list_multipart_uploads(**args)
-        for upload in page.get("Uploads", ()):
-            if upload["Key"] in protect or upload["Initiated"] >= cutoff:
-                continue
-            try:
-                client.abort_multipart_upload(Bucket=storage.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-                aborted += 1
-            except client.exceptions.NoSuchUpload:
-                pass  # completed or aborted meanwhile
-        if not page.get("IsTruncated"):
-            return aborted
-        args.update(KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", ""))
-
-
-def remove_stale_temp_files(storage: LocalStorage, cutoff: datetime, protect: set[str]) -> int:
-    """Remove temp files of writes killed midway under ``files/`` (local backend)."""
-    root = storage.path_for("files")
-    if not root.is_dir():
-        return 0
-    protected_dirs = {storage.path_for(k).parent for k in protect}
-    limit = cutoff.timestamp()
-    removed = 0
-    for dirpath, _dirs, names in os.walk(root):
-        if Path(dirpath) in protected_dirs:
-            continue
-        for name in names:
-            if not name.startswith(TMP_PREFIX):
-                continue
-            path = Path(dirpath) / name
-            try:
-                if path.stat().st_mtime < limit:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                pass
-    return removed
 
 
 # --- retention of stored originals --------------------------------------------------------------
@@ -206,7 +178,7 @@ class RetentionPolicy:
 
 
 @dataclass
-class RetentionResult:
+class RetentionResult(_Counts):
     """Counts of one retention purge (they go to the job's last-run record)."""
 
     ocr_incomplete_failed: int = 0  # uploads never completed: FAILED, file deleted
@@ -214,9 +186,6 @@ class RetentionResult:
     ocr_failed_deleted: int = 0  # originals of failed uploads
     voice_audio_deleted: int = 0  # clips of completed or failed voice tasks
     errors: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 def purge_expired_objects(

@@ -50,7 +50,7 @@ from app.models.base import utcnow
 from app.models.ocr import Upload
 from app.services.outbox import add_event
 from app.services.scorecard import Word, parse_scorecard
-from app.storage import S3Storage, Storage, StorageKeyNotFound
+from app.storage import Storage, StorageKeyNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -193,20 +193,18 @@ def create_upload(session: Session, storage: Storage, *, filename: str | None, s
 
 def start_direct_upload(session: Session, storage: Storage, *, filename: str | None,
                         expires_in: int, client_id: int | None = None) -> tuple[Upload, str]:
-    """Create a row and a presigned PUT URL the client uploads to (S3 backend only)."""
-    if not isinstance(storage, S3Storage):
+    """Create a row and a presigned PUT URL the client uploads to (where the storage has one)."""
+    upload_id = uuid.uuid4().hex
+    url = storage.presigned_put_url(storage_key(upload_id), expires_in)
+    if url is None:
         raise UploadStateError(
             "direct_upload_unavailable",
             "direct (presigned) uploads need STORAGE_BACKEND=s3; send the file as multipart/form-data instead",
         )
-    upload_id = uuid.uuid4().hex
     upload = Upload(id=upload_id, filename=sanitize_filename(filename, default="upload"), storage_key=storage_key(upload_id),
                     status="uploaded", client_id=client_id)
     session.add(upload)
     session.flush()
-    url = storage.client.generate_presigned_url(
-        "put_object", Params={"Bucket": storage.bucket, "Key": upload.storage_key}, ExpiresIn=expires_in
-    )
     return upload, url
 
 

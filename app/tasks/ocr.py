@@ -16,8 +16,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from botocore.exceptions import ConnectionError as BotoConnectionError
-from botocore.exceptions import HTTPClientError
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -27,7 +25,7 @@ from app.db import session_scope
 from app.metrics import OCR_PAGES, OCR_UPLOADS
 from app.services.ocr import OcrDeps, OcrLimits, default_tmp_root, fail_upload, process_upload, set_thread_limit
 from app.settings import get_settings
-from app.storage import get_storage
+from app.storage import StorageUnavailable, get_storage
 from app.tasks.base import ping_payload
 
 logger = logging.getLogger(__name__)
@@ -36,7 +34,7 @@ _settings = get_settings()
 set_thread_limit(_settings.ocr_omp_thread_limit)
 
 #: Worth another try: the database or the object store could not be reached.
-TRANSIENT = (OperationalError, InterfaceError, BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError)
+TRANSIENT = (OperationalError, InterfaceError, StorageUnavailable, ConnectionError, TimeoutError)
 MAX_RETRIES = 5
 
 

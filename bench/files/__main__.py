@@ -3,13 +3,13 @@
 The same chunks (200 MiB in 5 MiB chunks by default) are merged into one object two ways,
 alternating, ``--repeat`` times, in this process, against moto's S3 server on loopback:
 
-- **server-side** (what the ``files`` worker does): ``app.services.files.s3_compose``, a
-  multipart upload with one ``UploadPartCopy`` per chunk;
+- **server-side** (what the ``files`` worker does): ``S3Storage.compose``, a multipart
+  upload with one ``UploadPartCopy`` per chunk, verified by a HEAD;
 - **naive baseline**: the worker downloads each chunk (``GetObject``) and uploads it
   again as a part (``UploadPart``), the same multipart shape.
 
-Bytes through the worker are measured on the S3 client with ``S3TrafficMeter``
-(botocore's send/parse events: headers and bodies on the wire, retries included).
+Bytes through the worker are measured by the storage's ``traffic()`` (the S3 client's
+send/parse events: headers and bodies on the wire, retries included).
 Each result is checked: same size and the ETag the chunks add up to. Times are wall
 clock; on loopback the network costs the naive path little, so the time ratio here is a
 lower bound of what a real network gives.
@@ -78,9 +78,8 @@ def naive_compose(client: Any, bucket: str, dest: str, parts: list, content_type
 
 
 def run(total_mib: int, chunk_mib: int, repeat: int, tmp: Path) -> dict[str, list[dict[str, float]]]:
-    from app.services.files import PartRef, S3TrafficMeter, s3_compose, s3_etag
     from app.settings import Settings
-    from app.storage import make_s3_client
+    from app.storage import Part, S3Storage, make_s3_client, s3_etag
 
     proc, url = start_moto(tmp / "moto.log")
     try:
@@ -88,13 +87,14 @@ def run(total_mib: int, chunk_mib: int, repeat: int, tmp: Path) -> dict[str, lis
                             s3_access_key_id="testing", s3_secret_access_key="testing", s3_timeout=120)  # type: ignore[arg-type]
         client = make_s3_client(settings)
         bucket = settings.s3_bucket
+        storage = S3Storage(bucket, client)
         client.create_bucket(Bucket=bucket)
         size, chunk = total_mib * MIB, chunk_mib * MIB
         parts = []
         for index, start in enumerate(range(0, size, chunk)):
             body = hashlib.sha256(f"bench-{index}".encode()).digest() * (min(chunk, size - start) // 32)
             client.put_object(Bucket=bucket, Key=f"files/bench/chunks/{index:05d}", Body=body)
-            parts.append(PartRef(index, f"files/bench/chunks/{index:05d}", len(body), hashlib.md5(body).hexdigest()))
+            parts.append(Part(f"files/bench/chunks/{index:05d}", len(body), hashlib.md5(body).hexdigest()))
         expected = s3_etag([p.md5 for p in parts])
         results: dict[str, list[dict[str, float]]] = {"server": [], "naive": []}
         for r in range(repeat):
@@ -102,11 +102,10 @@ def run(total_mib: int, chunk_mib: int, repeat: int, tmp: Path) -> dict[str, lis
             order = ("server", "naive") if r % 2 == 0 else ("naive", "server")
             for kind in order:
                 dest = f"files/bench-{kind}-{r}/data"
-                meter = S3TrafficMeter(client)
                 start_t = time.perf_counter()
-                with meter:
+                with storage.traffic() as meter:
                     if kind == "server":
-                        etag = s3_compose(client, bucket, dest, parts, "application/octet-stream")
+                        etag = storage.compose(dest, parts, "application/octet-stream").etag
                     else:
                         etag = naive_compose(client, bucket, dest, parts, "application/octet-stream")
                 seconds = time.perf_counter() - start_t

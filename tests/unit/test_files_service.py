@@ -26,7 +26,7 @@ from app.models.jobs import JobRun
 from app.services import files as svc
 from app.services.gc import collect_abandoned_uploads
 from app.settings import Settings
-from app.storage import LocalStorage, S3Storage, get_storage, make_s3_client
+from app.storage import LocalStorage, S3Storage, get_storage, make_s3_client, s3_etag
 
 MIB = 1024 * 1024
 LIMITS = svc.FileLimits(max_size=64 * MIB, default_chunk_size=5 * MIB, max_chunk_size=32 * MIB)
@@ -194,7 +194,7 @@ def test_local_merge_concatenates_verifies_and_cleans_up(pg_database, local_stor
     assert done.status == COMPLETED and done.final_size == len(data)
     assert done.sha256 == hashlib.sha256(data).hexdigest()
     md5s = [hashlib.md5(data[i * 5 * MIB:(i + 1) * 5 * MIB]).hexdigest() for i in range(4)]
-    assert done.checksum == svc.s3_etag(md5s)
+    assert done.checksum == s3_etag(md5s)
     assert _read(local_storage, done.object_key) == data
     assert local_storage.list(svc.chunk_prefix(file.id)) == []
     assert not local_storage.path_for(f"files/{file.id}/chunks").exists()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
+import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,13 +20,18 @@ import app.storage as storage_module
 from app.api import create_app
 from app.settings import Settings
 from app.storage import (
+    ComposeRejected,
     LocalStorage,
+    Part,
     S3Storage,
     Storage,
+    StorageError,
     StorageKeyNotFound,
+    StorageUnavailable,
     StorageTokenExpired,
     StorageTokenInvalid,
     get_storage,
+    s3_etag,
 )
 
 
@@ -179,7 +187,7 @@ def test_bad_keys_raise_value_error(storage: Storage, key: str, problem: str) ->
     with pytest.raises(ValueError, match=problem):
         storage.exists(key)
     with pytest.raises(ValueError, match=problem):
-        storage.compose("ok", [key])
+        storage.compose("ok", [Part(key, 1, "0" * 32)])
     with pytest.raises(ValueError, match=problem):
         storage.presigned_get_url(key)
     assert storage.list("") == []
@@ -192,53 +200,218 @@ def test_longest_key_is_accepted(storage: Storage) -> None:
     assert storage.list("") == [key]
 
 
-def test_compose_small_parts(storage: Storage) -> None:
-    parts = [pattern(1000 + i * 777, seed=i) for i in range(5)]
-    keys = [f"up/part-{i}" for i in range(5)]
-    for key, data in zip(keys, parts):
-        storage.put_bytes(key, data)
-    calls = count_part_copies(storage)
-
-    storage.compose("up/whole", keys)
-
-    assert read_all(storage, "up/whole") == b"".join(parts)
-    assert calls == []  # parts under 5 MiB: the copy path, never UploadPartCopy
-    for key in keys:  # the caller deletes the parts, not compose
-        assert storage.exists(key)
+def parts_of(storage: Storage, blobs: list[bytes], prefix: str = "up/part-") -> list[Part]:
+    """Store each blob as one part and describe it as compose wants it."""
+    parts = []
+    for i, data in enumerate(blobs):
+        key = f"{prefix}{i}"
+        md5 = hashlib.md5(data).hexdigest()
+        storage.put_part(key, io.BytesIO(data), len(data), md5)
+        parts.append(Part(key, len(data), md5))
+    return parts
 
 
 def test_compose_large_parts(storage: Storage) -> None:
-    parts = [pattern(5 * MiB + 1234, seed=7), pattern(5 * MiB, seed=8), pattern(4321, seed=9)]
-    keys = ["up/L0", "up/L1", "up/L2"]
-    for key, data in zip(keys, parts):
-        storage.put_bytes(key, data)
+    blobs = [pattern(5 * MiB + 1234, seed=7), pattern(5 * MiB, seed=8), pattern(4321, seed=9)]
+    parts = parts_of(storage, blobs)
     calls = count_part_copies(storage)
+    progress: list[tuple[object, ...]] = []
 
-    storage.compose("done/large", keys)
+    done = storage.compose("done/large", parts, "video/mp4", on_progress=lambda *a: progress.append(a))
 
-    assert storage.size("done/large") == sum(map(len, parts))
-    assert read_all(storage, "done/large") == b"".join(parts)
-    if isinstance(storage, S3Storage):
-        assert calls == keys  # server-side: one UploadPartCopy per part, in order
+    whole = b"".join(blobs)
+    assert (done.key, done.size) == ("done/large", len(whole))
+    assert done.etag == s3_etag([p.md5 for p in parts])
+    assert storage.size("done/large") == len(whole)
+    assert read_all(storage, "done/large") == whole
+    assert [a[0] for a in progress if len(a) == 1] == [1, 2, 3]
+    for part in parts:  # the caller deletes the parts, not compose
+        assert storage.exists(part.key)
+    if storage.direct_uploads:  # S3: server-side, one UploadPartCopy per part, in order
+        assert calls == [p.key for p in parts]
+        assert done.sha256 is None and progress[0][0] == 0 and progress[0][1]
+    else:
+        assert done.sha256 == hashlib.sha256(whole).hexdigest()
 
 
-def test_compose_single_part_and_onto_a_part(storage: Storage) -> None:
-    storage.put_bytes("c/one", b"first")
-    storage.compose("c/copy", ["c/one"])
+def test_compose_single_part(storage: Storage) -> None:
+    parts = parts_of(storage, [b"first"], "c/")
+    done = storage.compose("c/copy", parts, "text/plain")
     assert read_all(storage, "c/copy") == b"first"
-    storage.put_bytes("c/two", b"-second")
-    storage.compose("c/one", ["c/one", "c/two"])  # the destination may be a part
-    assert read_all(storage, "c/one") == b"first-second"
+    assert done.etag == hashlib.md5(b"first").hexdigest() and done.size == 5
 
 
-def test_compose_missing_part_leaves_destination_alone(storage: Storage) -> None:
-    storage.put_bytes("m/a", b"a")
+def test_compose_small_parts_only_locally(storage: Storage) -> None:
+    blobs = [pattern(1000 + i * 777, seed=i) for i in range(3)]
+    parts = parts_of(storage, blobs)
+    if storage.direct_uploads:  # S3 composes server-side only from parts of 5 MiB and more
+        with pytest.raises(ComposeRejected) as rejected:
+            storage.compose("up/whole", parts)
+        assert rejected.value.position == 0 and "5 MiB" in rejected.value.detail
+        assert not storage.exists("up/whole")
+    else:
+        assert storage.compose("up/whole", parts).size == sum(map(len, blobs))
+        assert read_all(storage, "up/whole") == b"".join(blobs)
+
+
+def test_compose_refuses_a_changed_or_missing_part(storage: Storage) -> None:
+    parts = parts_of(storage, [pattern(5 * MiB, seed=1), pattern(5 * MiB, seed=2), b"tail"])
     storage.put_bytes("m/dest", b"old")
-    with pytest.raises(StorageKeyNotFound):
-        storage.compose("m/dest", ["m/a", "m/missing"])
-    assert read_all(storage, "m/dest") == b"old"
+    storage.put_bytes(parts[1].key, pattern(5 * MiB, seed=3))  # same size, other bytes
+    with pytest.raises(ComposeRejected) as changed:
+        storage.compose("m/dest", parts)
+    assert changed.value.position == 1 and "changed" in changed.value.detail
+    assert parts[1].key in str(changed.value)
+    assert not storage.exists("m/dest") or read_all(storage, "m/dest") == b"old"
+
+    storage.delete(parts[2].key)
+    fixed = [parts[0], Part(parts[1].key, 5 * MiB, hashlib.md5(pattern(5 * MiB, seed=3)).hexdigest()), parts[2]]
+    with pytest.raises(ComposeRejected) as missing:
+        storage.compose("m/other", fixed)
+    assert missing.value.position == 2 and "missing" in missing.value.detail
+    assert not storage.exists("m/other")
     with pytest.raises(ValueError):
         storage.compose("m/dest", [])
+
+
+def test_compose_stops_when_progress_raises(storage: Storage) -> None:
+    parts = parts_of(storage, [pattern(5 * MiB, seed=4), b"end"])
+
+    class Stop(Exception):
+        pass
+
+    def progress(done: int, upload_id: str | None = None) -> None:
+        if done == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        storage.compose("s/dest", parts, on_progress=progress)
+    assert not storage.exists("s/dest")
+    if isinstance(storage, S3Storage):  # its multipart upload was aborted
+        assert storage.client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads", []) == []
+
+
+def test_compose_aborts_what_a_killed_attempt_left(s3_settings: Settings) -> None:
+    storage = get_storage(s3_settings)
+    assert isinstance(storage, S3Storage)
+    parts = parts_of(storage, [pattern(5 * MiB, seed=5), b"end"])
+    storage.client.create_multipart_upload(Bucket=storage.bucket, Key="k/dest")
+    assert storage.compose("k/dest", parts).aborted_uploads == 1
+    assert storage.client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads", []) == []
+
+
+def test_put_part_checks_the_md5_on_s3(storage: Storage) -> None:
+    storage.put_part("p/ok", io.BytesIO(b"12345"), 5, hashlib.md5(b"12345").hexdigest())
+    assert read_all(storage, "p/ok") == b"12345"
+    if storage.direct_uploads:
+        # S3 refuses the body (BadDigest); moto stores it, and the ETag check refuses it.
+        with pytest.raises(StorageError):
+            storage.put_part("p/bad", io.BytesIO(b"12345"), 5, hashlib.md5(b"other").hexdigest())
+
+
+def test_list_info_and_delete_prefix(storage: Storage) -> None:
+    for key, data in [("d/x/1", b"a"), ("d/x/2", b"bcd"), ("d/y", b"keep")]:
+        storage.put_bytes(key, data)
+    info = storage.list_info("d/x/")
+    assert [(o.key, o.size) for o in info] == [("d/x/1", 1), ("d/x/2", 3)]
+    assert all(o.modified is not None and o.modified.tzinfo is not None for o in info)
+    if storage.direct_uploads:
+        assert info[1].etag == hashlib.md5(b"bcd").hexdigest()
+    else:
+        assert info[1].etag is None
+    assert storage.delete_prefix("d/x/") == 2
+    assert storage.list("d/") == ["d/y"]
+    assert storage.delete_prefix("d/x/") == 0
+    if isinstance(storage, LocalStorage):
+        assert not (storage.root / "d" / "x").exists()
+
+
+def test_presigned_put_url(storage: Storage) -> None:
+    url = storage.presigned_put_url("put/here.bin", expires_in=60)
+    if not storage.direct_uploads:
+        assert url is None  # the bytes come through the API
+        return
+    assert url is not None
+    request = urllib.request.Request(url, data=b"direct bytes", method="PUT",
+                                     headers={"Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.status == 200
+    assert read_all(storage, "put/here.bin") == b"direct bytes"
+    with pytest.raises(ValueError):
+        storage.presigned_put_url("put/here.bin", expires_in=0)
+
+
+def test_abort_incomplete_uploads(storage: Storage) -> None:
+    later = datetime.now(timezone.utc) + timedelta(hours=1)
+    if not isinstance(storage, S3Storage):
+        assert storage.abort_incomplete_uploads(later) == 0
+        return
+    client, bucket = storage.client, storage.bucket
+    kept = client.create_multipart_upload(Bucket=bucket, Key="a/live")["UploadId"]
+    client.create_multipart_upload(Bucket=bucket, Key="a/dead")
+    client.create_multipart_upload(Bucket=bucket, Key="b/elsewhere")
+    # moto reports every upload as initiated in 2010: all are older than a cutoff of now.
+    assert storage.abort_incomplete_uploads(datetime(2000, 1, 1, tzinfo=timezone.utc)) == 0
+    assert storage.abort_incomplete_uploads(later, keep={"a/live"}, prefix="a/") == 1
+    left = {u["Key"]: u["UploadId"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
+    assert left == {"a/live": kept, "b/elsewhere": left["b/elsewhere"]}
+
+
+def test_sweep_temporary(storage: Storage) -> None:
+    now = datetime.now(timezone.utc)
+    if not isinstance(storage, LocalStorage):
+        assert storage.sweep_temporary(now, prefix="files/") == 0
+        return
+    storage.put_bytes("files/a/data", b"x")
+    storage.put_bytes("files/b/data", b"y")
+    old = storage.root / "files" / "a" / ".tmp-killed"
+    live = storage.root / "files" / "b" / ".tmp-writing"
+    fresh = storage.root / "files" / "a" / ".tmp-fresh"
+    for path in (old, live, fresh):
+        path.write_bytes(b"partial")
+    for path in (old, live):
+        os.utime(path, (time.time() - 7200,) * 2)
+    assert storage.sweep_temporary(now - timedelta(hours=1), keep={"files/b/data"}, prefix="files/") == 1
+    assert not old.exists() and live.exists() and fresh.exists()
+    with pytest.raises(ValueError):
+        storage.sweep_temporary(now, prefix="files")
+
+
+def test_traffic_counts_network_bytes(storage: Storage) -> None:
+    with storage.traffic() as outer:
+        # put_part: one request in this thread (s3transfer's uploads run in its own threads).
+        storage.put_part("t/a", io.BytesIO(b"x" * 1000), 1000, hashlib.md5(b"x" * 1000).hexdigest())
+        with storage.traffic() as inner:
+            assert read_all(storage, "t/a") == b"x" * 1000
+    if not storage.direct_uploads:
+        assert not outer.measured and outer.received == outer.sent == outer.requests == 0
+        return
+    assert outer.measured and inner.measured
+    assert outer.sent > 1000 and outer.requests >= 2
+    assert 1000 < inner.received <= outer.received
+    with storage.traffic() as after:
+        pass
+    assert after.requests == 0
+
+
+def test_unreachable_s3_is_storage_unavailable(s3_settings: Settings) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = get_storage(s3_settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{port}",
+                                                      "s3_timeout": 1}))
+    for call in (lambda: down.exists("k"), lambda: down.put_bytes("k", b"x"), lambda: down.list("")):
+        with pytest.raises(StorageUnavailable):
+            call()
+
+
+def test_download_links_are_served_by_whoever_minted_them(storage: Storage) -> None:
+    if isinstance(storage, LocalStorage):
+        assert storage.link_base_url == storage.base_url
+        return
+    assert storage.link_base_url is None
+    with pytest.raises(StorageTokenInvalid):
+        storage.open_link("anything")
 
 
 def test_presigned_url_downloads_the_bytes(storage: Storage, tmp_path: Path) -> None:

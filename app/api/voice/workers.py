@@ -18,7 +18,7 @@ from app.db import session_scope
 from app.models.voice import VoiceJob
 from app import outbound
 from app.services.voice import jobs as voice_jobs, workers
-from app.storage import LocalStorage, get_storage
+from app.storage import get_storage
 
 from app.api.voice import F, MAX_TRANSCRIPT_CHARS, WORKER, _settings, bp, logger
 
@@ -135,9 +135,10 @@ def _audio_url_for(task: VoiceJob) -> str | None:
         return None
     storage = get_storage(_settings())
     url = storage.presigned_get_url(task.audio_key, expires_in=int(_settings().voice_lease_seconds) + 300)
-    if isinstance(storage, LocalStorage) and url.startswith(storage.base_url):
+    base = storage.link_base_url
+    if base is not None and url.startswith(base):
         # The worker reaches the API at the address it used for this request.
-        url = request.host_url.rstrip("/") + url[len(storage.base_url):]
+        url = request.host_url.rstrip("/") + url[len(base):]
     return url
 
 
