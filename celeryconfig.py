@@ -7,10 +7,13 @@ start-up), instead of silently creating a queue nobody consumes.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from app.settings import QUEUES, get_settings
+from app.services import jobs
+from app.settings import FAMILIES, QUEUES, get_settings
 
 _settings = get_settings()
 
@@ -24,18 +27,8 @@ task_default_exchange = "default"
 task_default_routing_key = "default"
 task_create_missing_queues = False
 
-#: Route by task module: ``app.tasks.<family>.*`` goes to the family's queue.
-FAMILY_QUEUES = {
-    "app.tasks.ocr": "ocr",
-    "app.tasks.scans": "scans",
-    "app.tasks.voice": "voice",
-    "app.tasks.outbox": "outbox",
-    "app.tasks.messages": "messages",
-    "app.tasks.files": "files",
-    "app.tasks.gc": "gc",
-    "app.tasks.schedules": "schedules",
-    "app.tasks.system": "default",
-}
+#: Route by task module: ``app.tasks.<family>.*`` goes to the family's queue (app.settings.FAMILIES).
+FAMILY_QUEUES = {f"app.tasks.{module}": queue for queue, module in FAMILIES.items()}
 task_routes = {f"{module}.*": {"queue": queue} for module, queue in FAMILY_QUEUES.items()}
 
 # --- serialization -----------------------------------------------------------
@@ -71,66 +64,38 @@ worker_hijack_root_logger = False
 worker_cancel_long_running_tasks_on_connection_loss = False
 
 # --- beat ------------------------------------------------------------------------
+# One entry per beat job, named as the job (app.services.jobs: the entry, its lock and its
+# ``job_runs`` record share the name), sending the task ``jobs.BEAT_JOBS`` names for it.
 # Every entry has ``expires`` no longer than its interval, so a backlog never piles up.
-beat_schedule: dict[str, dict] = {
-    "outbox-relay": {
-        "task": "app.tasks.outbox.relay",
-        "schedule": _settings.outbox_relay_interval,
-        "options": {"expires": _settings.outbox_relay_interval},
-    },
-    # Abandoned chunked uploads, daily at 02:00 UTC; a run missed by 12 h is dropped.
-    "upload-gc": {
-        "task": "app.tasks.gc.collect_uploads",
-        "schedule": crontab(hour=2, minute=0),
-        "options": {"expires": 12 * 3600},
-    },
-    # Stored originals past their retention (RETENTION_*), daily at 03:00 UTC; dropped after 12 h.
-    "retention-gc": {
-        "task": "app.tasks.gc.purge_expired",
-        "schedule": crontab(hour=3, minute=0),
-        "options": {"expires": 12 * 3600},
-    },
-    # (ocr entries go here)
+
+
+def _every(seconds: float) -> dict[str, Any]:
+    return {"schedule": seconds, "options": {"expires": seconds}}
+
+
+def _daily_at(hour: int) -> dict[str, Any]:
+    # A daily run missed by 12 h is dropped.
+    return {"schedule": crontab(hour=hour, minute=0), "options": {"expires": 12 * 3600}}
+
+
+_WHEN: dict[str, dict[str, Any]] = {
+    jobs.OUTBOX_RELAY: _every(_settings.outbox_relay_interval),
+    # Abandoned chunked uploads, daily at 02:00 UTC.
+    jobs.UPLOAD_GC: _daily_at(2),
+    # Stored originals past their retention (RETENTION_*), daily at 03:00 UTC.
+    jobs.RETENTION_GC: _daily_at(3),
     # Scans whose worker died go back to the queue (or fail); stray containers go.
-    "scan-sweep": {
-        "task": "app.tasks.scans.sweep",
-        "schedule": _settings.scan_sweep_interval,
-        "options": {"expires": _settings.scan_sweep_interval},
-    },
-    # Voice tasks whose holder's lease ran out go back to pending (or fail after the last attempt).
-    "voice-lease-sweep": {
-        "task": "app.tasks.voice.sweep_leases",
-        "schedule": _settings.voice_sweep_interval,
-        "options": {"expires": _settings.voice_sweep_interval},
-    },
-    # (schedules entries go here)
-    # Scheduled jobs of the `schedules` queue; each takes its own named lock (docs/schedules.md).
-    "campaign-scheduler": {
-        "task": "app.tasks.schedules.dispatch_campaigns",
-        "schedule": _settings.campaign_interval,
-        "options": {"expires": _settings.campaign_interval},
-    },
-    "lead-reminder-scheduler": {
-        "task": "app.tasks.schedules.lead_reminders",
-        "schedule": _settings.lead_reminder_interval,
-        "options": {"expires": _settings.lead_reminder_interval},
-    },
-    "call-scheduler": {
-        "task": "app.tasks.schedules.schedule_calls",
-        "schedule": _settings.call_scheduler_interval,
-        "options": {"expires": _settings.call_scheduler_interval},
-    },
-    "trial-expiration": {
-        "task": "app.tasks.schedules.expire_trials",
-        "schedule": _settings.trial_expiration_interval,
-        "options": {"expires": _settings.trial_expiration_interval},
-    },
-    "call-cleanup": {
-        "task": "app.tasks.schedules.cleanup_calls",
-        "schedule": _settings.call_cleanup_interval,
-        "options": {"expires": _settings.call_cleanup_interval},
-    },
+    jobs.SCAN_SWEEP: _every(_settings.scan_sweep_interval),
+    # Voice jobs whose holder's lease ran out go back to pending (or fail after the last attempt).
+    jobs.VOICE_LEASE_SWEEP: _every(_settings.voice_sweep_interval),
+    # The `schedules` queue's jobs (docs/schedules.md).
+    jobs.CAMPAIGNS: _every(_settings.campaign_interval),
+    jobs.REMINDERS: _every(_settings.lead_reminder_interval),
+    jobs.CALLS: _every(_settings.call_scheduler_interval),
+    jobs.TRIALS: _every(_settings.trial_expiration_interval),
+    jobs.CALL_CLEANUP: _every(_settings.call_cleanup_interval),
 }
+beat_schedule: dict[str, dict[str, Any]] = {job: {"task": task, **_WHEN[job]} for job, task in jobs.BEAT_JOBS.items()}
 timezone = "UTC"
 enable_utc = True
 

@@ -1,8 +1,10 @@
 """The one Celery application, its start-up checks and its worker-process signals.
 
-Signals also feed the operations side: per-task metrics (received, succeeded, failed,
-retried, runtime, by task name and queue; see ``app.metrics``), the worker's metrics port,
-and OpenTelemetry tracing of task publishes and runs (``app.tracing``).
+The worker-side outbox hooks (an event's task taken, a retry handed back) live in
+``app.tasks.base``. Signals also feed the operations side: per-task metrics (received,
+succeeded, failed, retried, runtime, by task name and queue; see ``app.metrics``), the
+worker's metrics port, and OpenTelemetry tracing of task publishes and runs
+(``app.tracing``).
 """
 
 from __future__ import annotations
@@ -14,22 +16,13 @@ import time
 from celery import Celery, signals
 from celery.app.routes import Router
 
-from app.settings import QUEUES
+from app.settings import FAMILIES, QUEUES
 
 logger = logging.getLogger(__name__)
 
-#: Task modules; each is routed to its family's queue by celeryconfig.
-TASK_MODULES = [
-    "app.tasks.system",
-    "app.tasks.ocr",
-    "app.tasks.scans",
-    "app.tasks.voice",
-    "app.tasks.outbox",
-    "app.tasks.messages",
-    "app.tasks.files",
-    "app.tasks.gc",
-    "app.tasks.schedules",
-]
+#: Task modules, one per family (``app.settings.FAMILIES``); each is routed to its
+#: family's queue by celeryconfig.
+TASK_MODULES = [f"app.tasks.{module}" for module in FAMILIES.values()]
 
 
 class RouteError(RuntimeError):
@@ -60,7 +53,8 @@ def queue_for(app: Celery, task_name: str) -> str:
 
 def create_celery() -> Celery:
     # Every task retries through app.tasks.base.HandBackRetry: a retry the broker cannot
-    # take goes back to the outbox instead of being dropped.
+    # take goes back to the outbox instead of being dropped. That module also holds the
+    # worker-side outbox hooks (the task_prerun signal that marks an event taken).
     app = Celery("app", task_cls="app.tasks.base:HandBackRetry")
     app.config_from_object("celeryconfig")
     app.conf.include = TASK_MODULES
@@ -69,6 +63,8 @@ def create_celery() -> Celery:
 
 
 celery_app = create_celery()
+
+import app.tasks.base  # noqa: E402,F401  (connects the worker-side outbox hooks)
 
 
 @signals.worker_process_init.connect
@@ -128,32 +124,6 @@ def _count_received(request: object = None, **_kwargs: object) -> None:
     from app.metrics import TASKS_RECEIVED, task_labels
 
     TASKS_RECEIVED.labels(*task_labels(getattr(request, "name", None), getattr(request, "delivery_info", None))).inc()
-
-
-@signals.task_prerun.connect
-def _mark_outbox_consumed(task_id: str | None = None, **_kwargs: object) -> None:
-    mark_outbox_taken([task_id] if task_id else [])
-
-
-def mark_outbox_taken(task_ids: list[str]) -> None:
-    """Record that a worker took these tasks (those published from the outbox; one statement).
-
-    An event nobody took is published again by the relay
-    (app.services.outbox.redeliver_unconsumed).
-    """
-    from app.services.outbox import event_id_for, mark_consumed
-
-    event_ids = [e for e in map(event_id_for, task_ids) if e is not None]
-    if not event_ids:
-        return
-    try:
-        from app.db import session_scope
-
-        with session_scope() as session:
-            mark_consumed(session, event_ids)
-    except Exception as exc:  # the task runs anyway; at worst the relay publishes it once more
-        logger.warning("could not record the outbox event as taken", extra={"event_ids": event_ids[:20],
-                                                                             "error": str(exc)[:200]})
 
 
 @signals.task_prerun.connect

@@ -18,18 +18,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
 
-#: Every queue the application uses; celeryconfig declares exactly these.
-QUEUES: tuple[str, ...] = (
-    "default",
-    "ocr",
-    "scans",
-    "voice",
-    "outbox",
-    "messages",
-    "files",
-    "gc",
-    "schedules",
-)
+#: Every job family: its queue and its task module (``app.tasks.<module>``). The one list
+#: the rest derives from: celeryconfig declares exactly these queues and routes each
+#: module to its queue (``FAMILY_QUEUES``), the Celery app loads these modules
+#: (``app.celery_app.TASK_MODULES``).
+FAMILIES: dict[str, str] = {
+    "default": "system",
+    "ocr": "ocr",
+    "scans": "scans",
+    "voice": "voice",
+    "outbox": "outbox",
+    "messages": "messages",
+    "files": "files",
+    "gc": "gc",
+    "schedules": "schedules",
+}
+#: Every queue the application uses.
+QUEUES: tuple[str, ...] = tuple(FAMILIES)
 
 
 def _rate_limit_notation(value: str) -> str:

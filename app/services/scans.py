@@ -232,6 +232,13 @@ class ScanOutcome:
     state: str | None = None
     error: str | None = None
     container_seconds: float | None = None
+    #: The stored verdict's risk (a completed scan), for the ``scans_total`` metric.
+    risk: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether this run ended the scan (completed, failed or timed out)."""
+        return self.result in ("completed", "failed", "timed_out")
 
 
 def run_scan(deps: ScanDeps, scan_id: str) -> ScanOutcome:
@@ -239,20 +246,10 @@ def run_scan(deps: ScanDeps, scan_id: str) -> ScanOutcome:
 
     A job that is not QUEUED, or that another worker claims first, is skipped quietly.
     """
-    with deps.scope() as session:
-        job = session.get(ScanJob, scan_id)
-        if job is None:
-            return ScanOutcome("missing")
-        url, state, version, attempts = job.url, job.state, job.version, job.attempts
-        if state != QUEUED:
-            logger.info("scan not queued; skipping", extra={"scan_id": scan_id, "state": state})
-            return ScanOutcome("skipped", state)
-        version = transition(session, scan_id, from_state=QUEUED, to_state=FETCHING, version=version,
-                             worker=deps.worker, detail=f"attempt {attempts + 1}",
-                             values={"attempts": ScanJob.attempts + 1, "started_at": utcnow(), "error": None})
-        if version is None:
-            return ScanOutcome("skipped", state)
-    attempts += 1
+    claimed = _claim(deps, scan_id)
+    if isinstance(claimed, ScanOutcome):
+        return claimed
+    url, version, attempts = claimed
     current = FETCHING
     try:
         try:
@@ -262,12 +259,10 @@ def run_scan(deps: ScanDeps, scan_id: str) -> ScanOutcome:
                                     max(deps.max_attempts, deps.docker_max_attempts))
         except SandboxConfigError as exc:
             return _finish(deps, scan_id, FETCHING, FAILED, version, str(exc))
-
         failure = _failure(sandbox)
         if failure is not None:
             to_state, reason = failure
             return _finish(deps, scan_id, FETCHING, to_state, version, reason, sandbox.seconds)
-
         document = sandbox.document or {}
         with deps.scope() as session:
             version = transition(session, scan_id, from_state=FETCHING, to_state=ANALYZING, version=version,
@@ -277,21 +272,7 @@ def run_scan(deps: ScanDeps, scan_id: str) -> ScanOutcome:
         if version is None:
             return ScanOutcome("superseded")
         current = ANALYZING
-        verdict = evaluate(url, document)
-        with deps.scope() as session:
-            new_version = transition(session, scan_id, from_state=ANALYZING, to_state=COMPLETED, version=version,
-                                     worker=deps.worker,
-                                     detail=f"score {verdict.score} ({verdict.risk})")
-            if new_version is None:
-                return ScanOutcome("superseded")
-            session.add(ScanResult(
-                job_id=scan_id, final_url=document.get("final_url"), status_code=document.get("status"),
-                content_type=(document.get("content_type") or None) and str(document["content_type"])[:255],
-                sha256=document.get("sha256"), fetch=document, score=verdict.score, risk=verdict.risk,
-                reasons=verdict.reasons_as_dicts(), container_seconds=round(sandbox.seconds, 3),
-            ))
-        logger.info("scan completed", extra={"scan_id": scan_id, "score": verdict.score, "risk": verdict.risk})
-        return ScanOutcome("completed", COMPLETED, container_seconds=sandbox.seconds)
+        return _complete(deps, scan_id, url, version, sandbox)
     except deps.deadline_exceptions:
         return _finish(deps, scan_id, current, TIMED_OUT, version, "the scan task ran out of time")
     except deps.transient_exceptions:
@@ -300,6 +281,44 @@ def run_scan(deps: ScanDeps, scan_id: str) -> ScanOutcome:
         logger.exception("scan failed unexpectedly", extra={"scan_id": scan_id})
         return _finish(deps, scan_id, current, FAILED, version,
                        f"the scan failed unexpectedly ({type(exc).__name__}: {exc})"[:1000])
+
+
+def _claim(deps: ScanDeps, scan_id: str) -> tuple[str, int, int] | ScanOutcome:
+    """QUEUED → FETCHING, counting the attempt: ``(url, version, attempts)``, or the outcome
+    of a job that is missing, not QUEUED or claimed first by another worker."""
+    with deps.scope() as session:
+        job = session.get(ScanJob, scan_id)
+        if job is None:
+            return ScanOutcome("missing")
+        url, state, version, attempts = job.url, job.state, job.version, job.attempts
+        if state != QUEUED:
+            logger.info("scan not queued; skipping", extra={"scan_id": scan_id, "state": state})
+            return ScanOutcome("skipped", state)
+        claimed = transition(session, scan_id, from_state=QUEUED, to_state=FETCHING, version=version,
+                             worker=deps.worker, detail=f"attempt {attempts + 1}",
+                             values={"attempts": ScanJob.attempts + 1, "started_at": utcnow(), "error": None})
+    if claimed is None:
+        return ScanOutcome("skipped", state)
+    return url, claimed, attempts + 1
+
+
+def _complete(deps: ScanDeps, scan_id: str, url: str, version: int, sandbox: SandboxOutcome) -> ScanOutcome:
+    """ANALYZING → COMPLETED with the verdict stored as the job's result."""
+    document = sandbox.document or {}
+    verdict = evaluate(url, document)
+    with deps.scope() as session:
+        new_version = transition(session, scan_id, from_state=ANALYZING, to_state=COMPLETED, version=version,
+                                 worker=deps.worker, detail=f"score {verdict.score} ({verdict.risk})")
+        if new_version is None:
+            return ScanOutcome("superseded")
+        session.add(ScanResult(
+            job_id=scan_id, final_url=document.get("final_url"), status_code=document.get("status"),
+            content_type=(document.get("content_type") or None) and str(document["content_type"])[:255],
+            sha256=document.get("sha256"), fetch=document, score=verdict.score, risk=verdict.risk,
+            reasons=verdict.reasons_as_dicts(), container_seconds=round(sandbox.seconds, 3),
+        ))
+    logger.info("scan completed", extra={"scan_id": scan_id, "score": verdict.score, "risk": verdict.risk})
+    return ScanOutcome("completed", COMPLETED, container_seconds=sandbox.seconds, risk=verdict.risk)
 
 
 def _failure(sandbox: SandboxOutcome) -> tuple[str, str] | None:

@@ -1,17 +1,14 @@
 """Scheduled jobs: business hours, campaigns, lead reminders, calls, trials and cleanup.
 
 Plain logic over a session (or a session scope) and injected senders; the Celery tasks in
-``app.tasks.schedules`` are thin wrappers. ``run_locked`` is the frame of every beat job:
-it takes the job's named Redis lock, keeps extending it while the job runs (so a slow run
-is never overlapped by the next slot), records the run in ``job_runs``, and records a
-``skipped`` run when the lock is held.
+``app.tasks.schedules`` are thin wrappers; each beat job runs in the one frame of every
+beat job (``app.services.jobs.run_locked``: the job's lock, its heartbeat, its record).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
@@ -21,8 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from app.locks import named_lock
-from app.metrics import JOB_LAST_RUN, SCHEDULE_ITEMS
+from app.metrics import SCHEDULE_ITEMS
 from app.models.base import utcnow
 from app.models.jobs import JobRun
 from app.models.schedules import (
@@ -33,17 +29,15 @@ from app.models.schedules import (
     Lead,
     Tenant,
 )
-from app.services.jobs import RunHandle, Scope, job_run, record_skip
+from app.services import jobs
+from app.services.jobs import Scope
 from app.services.outbox import add_event
 from app.services.messages import SYSTEM_ID_PREFIX, submit_message
 
 logger = logging.getLogger(__name__)
 
-JOB_CAMPAIGNS = "campaign-scheduler"
-JOB_REMINDERS = "lead-reminder-scheduler"
-JOB_CALLS = "call-scheduler"
-JOB_TRIALS = "trial-expiration"
-JOB_CLEANUP = "call-cleanup"
+JOB_CAMPAIGNS, JOB_REMINDERS, JOB_CALLS, JOB_TRIALS, JOB_CLEANUP = (
+    jobs.CAMPAIGNS, jobs.REMINDERS, jobs.CALLS, jobs.TRIALS, jobs.CALL_CLEANUP)
 JOBS = (JOB_CAMPAIGNS, JOB_REMINDERS, JOB_CALLS, JOB_TRIALS, JOB_CLEANUP)
 
 TENANT_SUSPENDED_TASK = "app.tasks.schedules.tenant_suspended"
@@ -55,57 +49,6 @@ class ScheduleInputError(ValueError):
     def __init__(self, message: str, loc: list[str] | None = None) -> None:
         super().__init__(message)
         self.loc = loc or []
-
-
-# --- the frame of every job -------------------------------------------------------------
-
-
-@dataclass
-class JobOutcome:
-    """What ``run_locked`` reports: skipped (lock held) or the run's counts."""
-
-    skipped: bool
-    counts: dict[str, Any] = field(default_factory=dict)
-
-
-def run_locked(
-    scope: Scope,
-    job: str,
-    body: Callable[[RunHandle], None],
-    *,
-    ttl: float = 60.0,
-    lock_client: Any = None,
-) -> JobOutcome:
-    """Run ``body`` under the job's lock, recorded in ``job_runs``; skip (and record why) if held.
-
-    A heartbeat thread extends the lock every ``ttl / 3`` seconds while the body runs, so
-    however long a run takes, the next slot finds the lock held and skips instead of
-    overlapping; a dead worker's lock still expires ``ttl`` seconds after its last beat.
-    """
-    with named_lock(job, ttl=ttl, client=lock_client) as lock:
-        if not lock.acquired:
-            logger.warning("job skipped: lock held", extra={"job": job})
-            with scope() as session:
-                record_skip(session, job, f"lock {job!r} is held by a run still in progress")
-            return JobOutcome(skipped=True)
-        stop = threading.Event()
-
-        def heartbeat() -> None:
-            while not stop.wait(ttl / 3):
-                if not lock.extend(ttl):
-                    logger.error("job lock lost while running", extra={"job": job})
-                    return
-
-        beat = threading.Thread(target=heartbeat, name=f"lock-{job}", daemon=True)
-        beat.start()
-        try:
-            with job_run(scope, job) as run:
-                body(run)
-        finally:
-            stop.set()
-            beat.join(timeout=5)
-            JOB_LAST_RUN.labels(job=job).set_to_current_time()
-    return JobOutcome(skipped=False, counts=dict(run.counts))
 
 
 # --- business hours ---------------------------------------------------------------------

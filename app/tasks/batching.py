@@ -42,8 +42,8 @@ from weakref import ref
 from celery import Task
 from celery.app.trace import LOG_SUCCESS, fast_trace_task, trace_task_ret
 from celery.app.trace import info as trace_info
-from celery.utils.saferepr import saferepr as safe_repr
 from celery.utils.functional import maybe
+from celery.utils.saferepr import saferepr as safe_repr
 from celery.worker import state as worker_state
 from celery.worker import strategy as celery_strategy
 
@@ -80,7 +80,7 @@ class BatchedTask(Task):  # type: ignore[misc]
         """Whether a received request may share a pool call (redelivered ones go alone)."""
         return not (request.delivery_info or {}).get("redelivered")
 
-    def Strategy(self, task: Any, app: Any, consumer: Any) -> Callable[..., Any]:  # noqa: N802 (Celery's name)
+    def Strategy(self, task: Any, app: Any, consumer: Any) -> Callable[..., Any]:
         dispatcher = _Dispatcher(task, app, consumer)
         # Celery's own strategy does everything up to handing the request to the pool;
         # only that last step (``consumer.on_task_request``) is ours.
@@ -208,7 +208,7 @@ class _Dispatcher:
                 logger.error("batch of %d %s requests answered %d outcomes; running them one by one",
                              len(requests), self.task.name, len(outcomes))
                 outcomes = [(ALONE, None, 0.0)] * len(requests)
-            for request, (kind, retval, runtime) in zip(requests, outcomes):
+            for request, (kind, retval, runtime) in zip(requests, outcomes, strict=True):
                 if kind == ALONE:
                     self.alone(request, counted=False)
                     continue
@@ -254,8 +254,8 @@ def run_batch_in_pool(task_name: str, items: list[BatchItem]) -> list[tuple[str,
     """Pool process: run a batch; each request's outcome and its share of the run time."""
     from celery import current_app
 
-    from app.celery_app import mark_outbox_taken
     from app.metrics import TASK_RUNTIME, TASKS_SUCCEEDED, task_labels
+    from app.tasks.base import mark_outbox_taken
 
     task: BatchedTask = current_app.tasks[task_name]
     start = time.monotonic()

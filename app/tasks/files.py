@@ -1,11 +1,12 @@
 """Tasks of the ``files`` queue: merge an upload's chunks into one object.
 
 Thin over ``app.services.files.merge_file``: the service does the claim, the merge and
-the verification; the task turns "claim held by another delivery" and transient storage
-errors into Celery retries with backoff and jitter, and tells the service when the
-retries are used up so the file ends ``FAILED`` with the reason instead of retrying forever.
-An unreachable database is retried too: a merge that gave up on it would leave the file
-``MERGING`` with nothing left to finish it.
+the verification; the task turns what must come back later into retries, each kind by
+its ``RetryPolicy`` with its count in the task's kwargs: a claim held by another
+delivery (``MERGE_BUSY``), a transient storage error (``storage_retry()``: when its
+retries are used up the service is told, so the file ends ``FAILED`` with the reason
+instead of retrying forever) and an unreachable database (``DB_UNAVAILABLE``: a merge that
+gave up on it would leave the file ``MERGING`` with nothing left to finish it).
 """
 
 from __future__ import annotations
@@ -14,67 +15,54 @@ import logging
 import random
 from typing import Any
 
-from celery.utils.time import get_exponential_backoff_interval
-
 from app.celery_app import celery_app
-from app.db import TRANSIENT_DB, session_scope
+from app.db import session_scope
 from app.services.files import MergeBusy, TransientMergeError, merge_file
 from app.settings import get_settings
 from app.storage import get_storage
-from app.tasks.base import ping_payload
+from app.tasks.base import DB_UNAVAILABLE, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
 #: Waits for a claim held by another delivery; each is at most one lease long.
-MAX_BUSY_RETRIES = 50
-#: Retries after database errors (backoff of up to a minute each: several minutes in all).
-DB_MAX_RETRIES = 12
+MERGE_BUSY = RetryPolicy(transient=(MergeBusy,), max_retries=50, counter="busy_retries")
 
 
-@celery_app.task(bind=True, name="app.tasks.files.ping")
-def ping(self) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Probe: answers with the queue and worker that consumed it."""
-    return ping_payload(self)
+def storage_retry() -> RetryPolicy:
+    """Retries after a transient storage error (``FILES_MERGE_MAX_RETRIES``, ``FILES_MERGE_RETRY_BACKOFF``)."""
+    settings = get_settings()
+    return RetryPolicy(transient=(TransientMergeError,), max_retries=settings.files_merge_max_retries,
+                       counter="storage_retries", base=settings.files_merge_retry_backoff, cap=300.0, jitter="equal")
 
 
-@celery_app.task(bind=True, name="app.tasks.files.merge", max_retries=MAX_BUSY_RETRIES + 50)
-def merge(self, file_id: str, failures: int = 0, db_retries: int = 0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+@celery_app.task(bind=True, name="app.tasks.files.merge")
+def merge(self, file_id: str, storage_retries: int = 0, db_retries: int = 0,  # type: ignore[no-untyped-def]
+          busy_retries: int = 0) -> dict[str, Any]:
     """Merge the chunks of ``file_id`` (status ``MERGING``); idempotent.
 
-    ``failures`` counts transient storage failures so far, ``db_retries`` retries after
-    database errors (both carried across retries).
+    The ``*_retries`` kwargs count the retries of each kind so far (carried across
+    retries and hand-backs to the outbox).
     """
     settings = get_settings()
-    limit = settings.files_merge_max_retries
+    storage = storage_retry()
     try:
         outcome = merge_file(
             session_scope,
             get_storage(settings),
             file_id,
             lease_seconds=settings.files_merge_lease_seconds,
-            final_attempt=failures >= limit,
-            attempt_note=f" ({failures + 1} attempts)",
+            final_attempt=storage.used_up(storage_retries),
+            attempt_note=f" ({storage_retries + 1} attempts)",
         )
     except MergeBusy as exc:
-        if self.request.retries >= MAX_BUSY_RETRIES:
+        if MERGE_BUSY.used_up(busy_retries):
             # Whoever holds the claim finishes the merge (its own message is acked late).
             logger.warning("merge claim still held; giving up this delivery", extra={"file_id": file_id})
             return {"file_id": file_id, "result": "busy"}
-        raise self.retry(countdown=exc.retry_in + random.uniform(0.1, 1.0))
+        raise self.retry_for(MERGE_BUSY, exc, countdown=exc.retry_in + random.uniform(0.1, 1.0)) from None
     except TransientMergeError as exc:
-        countdown = get_exponential_backoff_interval(
-            factor=settings.files_merge_retry_backoff, retries=failures, maximum=300, full_jitter=False
-        ) * random.uniform(0.5, 1.0)
-        logger.warning("merge hit a transient storage error; retrying",
-                       extra={"file_id": file_id, "error": str(exc)[:300], "countdown": round(countdown, 1)})
-        raise self.retry(kwargs={"file_id": file_id, "failures": failures + 1, "db_retries": db_retries},
-                         countdown=countdown)
-    except TRANSIENT_DB as exc:
-        if db_retries >= DB_MAX_RETRIES:
-            raise
+        raise self.retry_for(storage, exc) from None
+    except DB_UNAVAILABLE.transient as exc:
         # A claim this attempt took is released by its lease running out (MergeBusy meanwhile).
-        countdown = get_exponential_backoff_interval(factor=1, retries=db_retries, maximum=60, full_jitter=True)
-        logger.warning("database unavailable; retrying", extra={"file_id": file_id, "error": str(exc)[:200]})
-        raise self.retry(kwargs={"file_id": file_id, "failures": failures, "db_retries": db_retries + 1},
-                         countdown=max(0.5, countdown)) from None
+        raise self.retry_for(DB_UNAVAILABLE, exc) from None
     return outcome.as_dict()

@@ -34,7 +34,6 @@ from app.services.outbox import (
     trace_headers,
 )
 from app.settings import Settings, get_settings
-from app.tasks.base import ping_payload
 from app.tracing import restored
 
 logger = logging.getLogger(__name__)
@@ -42,12 +41,6 @@ logger = logging.getLogger(__name__)
 
 class UnknownTargetTask(Exception):
     """The event names a task this application does not have."""
-
-
-@celery_app.task(bind=True, name="app.tasks.outbox.ping")
-def ping(self) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Probe: answers with the queue and worker that consumed it."""
-    return ping_payload(self)
 
 
 def _publisher(producer: Any):  # type: ignore[no-untyped-def]

@@ -1,8 +1,15 @@
-"""Tasks of the ``default`` queue: probes and the diagnostics the reliability tests use."""
+"""Tasks of the ``default`` queue: the probe and the diagnostics the reliability tests use.
+
+``ping`` is the one probe of every queue: routed to ``default``, and sent to any other
+queue with ``queue=<name>`` (``send_task("app.tasks.system.ping", queue="ocr")``); it
+answers with the queue it was delivered from and the worker that consumed it.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import time
 from typing import Any
 
@@ -10,13 +17,21 @@ import redis
 
 from app.celery_app import celery_app
 from app.settings import get_settings
-from app.tasks.base import ping_payload
+
+logger = logging.getLogger(__name__)
 
 
 @celery_app.task(bind=True, name="app.tasks.system.ping")
 def ping(self) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Probe: answers with the queue and worker that consumed it."""
-    return ping_payload(self)
+    """Probe: who consumed this task, and from which queue (proves routing end to end)."""
+    delivery = self.request.delivery_info or {}
+    logger.info("ping answered", extra={"pid": os.getpid()})
+    return {
+        "task": self.name,
+        "queue": delivery.get("routing_key"),
+        "hostname": self.request.hostname or socket.gethostname(),
+        "pid": os.getpid(),
+    }
 
 
 @celery_app.task(bind=True, name="app.tasks.system.slow_marker")

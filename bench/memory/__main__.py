@@ -25,8 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def probe_name(queue: str) -> str:
-    return "app.tasks.system.ping" if queue == "default" else f"app.tasks.{queue}.ping"
+PROBE = "app.tasks.system.ping"  # the one probe, sent to each queue by name
 
 
 def run_probes(queue: str, n: int, timeout: float = 300) -> None:
@@ -37,7 +36,7 @@ def run_probes(queue: str, n: int, timeout: float = 300) -> None:
     ids = [f"mem-{uuid.uuid4().hex}" for _ in range(n)]
     with celery_app.producer_or_acquire() as producer:
         for task_id in ids:
-            celery_app.send_task(probe_name(queue), task_id=task_id, producer=producer)
+            celery_app.send_task(PROBE, queue=queue, task_id=task_id, producer=producer)
     keys = [f"celery-task-meta-{i}" for i in ids]
     deadline = time.monotonic() + timeout
     while sum(r.exists(*keys[i:i + 500]) for i in range(0, n, 500)) < n:

@@ -124,7 +124,7 @@ def start_worker(log: Path) -> subprocess.Popen[bytes]:
             raise RuntimeError(f"worker exited {proc.returncode}; see {log}")
         if celery_app.control.ping(destination=[node], timeout=0.5):
             # One warm-up task so the pool process has loaded its models before timing.
-            celery_app.send_task("app.tasks.voice.ping").get(timeout=60)
+            celery_app.send_task("app.tasks.system.ping", queue="voice").get(timeout=60)
             return proc
     raise RuntimeError(f"worker not ready; see {log}")
 

@@ -1,5 +1,6 @@
 """Every queue is consumed only by the worker started with ``-Q`` that queue, on Redis
-and on RabbitMQ; a SIGKILLed task is delivered again and completes."""
+and on RabbitMQ; a SIGKILLed task is delivered again and completes. (That the routes
+take every task to its family's queue is checked in tests/unit/test_celery_config.py.)"""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ import pytest
 from app.settings import QUEUES
 from tests.fixtures.services import wait_for
 
-
-def _ping_name(queue: str) -> str:
-    return "app.tasks.system.ping" if queue == "default" else f"app.tasks.{queue}.ping"
+#: The one probe, sent to each queue by name.
+PING = "app.tasks.system.ping"
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
@@ -27,8 +27,8 @@ def test_each_queue_is_consumed_only_by_its_worker(broker, start_worker, request
 
     results = {}
     for queue in QUEUES:
-        # No queue= here: the route in celeryconfig decides, as in production.
-        results[queue] = client.signature(_ping_name(queue)).apply_async()
+        # The one probe, to each queue by name (its route would take it to `default`).
+        results[queue] = client.signature(PING).apply_async(queue=queue)
     for queue, result in results.items():
         payload = result.get(timeout=30)
         assert payload["queue"] == queue
@@ -47,7 +47,7 @@ def test_each_queue_is_consumed_only_by_its_worker(broker, start_worker, request
     stats = client.control.inspect(destination=[w.nodename for w in workers.values()], timeout=5).stats()
     for queue, worker in workers.items():
         totals = stats[worker.nodename]["total"]
-        assert totals == {_ping_name(queue): 1}, f"{worker.nodename} processed {totals}"
+        assert totals == {PING: 1}, f"{worker.nodename} processed {totals}"
 
 
 def test_task_on_unknown_queue_fails_loudly() -> None:
@@ -56,7 +56,7 @@ def test_task_on_unknown_queue_fails_loudly() -> None:
     from app.celery_app import celery_app
 
     with pytest.raises(QueueNotFound):
-        celery_app.send_task("app.tasks.ocr.ping", queue="orc")
+        celery_app.send_task(PING, queue="orc")
 
 
 def test_sigkilled_task_is_redelivered_and_completes(start_worker, redis_client, unique) -> None:

@@ -82,13 +82,13 @@ def test_api_metrics_report_queue_depth_outbox_and_dead_letters(api, redis_clien
     from app.celery_app import celery_app
 
     for _ in range(4):
-        celery_app.send_task("app.tasks.gc.ping")
+        celery_app.send_task(PING, queue="gc")
     with session_scope() as session:
         for i in range(2):
             add_event(session, aggregate_type="metrics", aggregate_id=f"{unique}-{i}", event_type="metrics.test",
-                      task_name="app.tasks.gc.ping", payload={})
+                      task_name=PING, payload={})
         dead = add_event(session, aggregate_type="metrics", aggregate_id=f"{unique}-dead", event_type="metrics.test",
-                         task_name="app.tasks.gc.ping", payload={})
+                         task_name=PING, payload={})
         session.add(Message(id=f"dl-{unique}", conversation_id="c", channel="whatsapp", recipient="+1", content="x",
                             status="failed"))
         session.flush()

@@ -33,8 +33,7 @@ DEPLOY = ROOT / "deploy" / "supervisor"
 PROGRAMS = {"app-api", "app-beat", "app-flower", *(f"app-worker-{q}" for q in QUEUES)}
 
 
-def _ping_name(queue: str) -> str:
-    return "app.tasks.system.ping" if queue == "default" else f"app.tasks.{queue}.ping"
+PING = "app.tasks.system.ping"  # the one probe, sent to each queue by name
 
 
 def _marked(marker: str) -> list[int]:
@@ -104,7 +103,7 @@ def test_supervisor_runs_every_program_and_stops_cleanly(pg_database, redis_clie
         nodes = {q: f"{q}@{host}" for q in QUEUES}
         wait_for(lambda: len(celery_app.control.ping(destination=list(nodes.values()), timeout=1)) == len(QUEUES),
                  timeout=60, interval=0.5, message="every worker answers")
-        results = {q: celery_app.signature(_ping_name(q)).apply_async() for q in QUEUES}
+        results = {q: celery_app.signature(PING).apply_async(queue=q) for q in QUEUES}
         for queue, result in results.items():
             payload = result.get(timeout=30)
             assert payload["queue"] == queue and payload["hostname"] == nodes[queue], payload
@@ -128,7 +127,7 @@ def test_supervisor_runs_every_program_and_stops_cleanly(pg_database, redis_clie
             status, body = http_get(f"http://127.0.0.1:{port}/metrics")
             assert status == 200, queue
             samples = parse(body.decode())
-            assert value(samples, "celery_tasks_succeeded_total", task=_ping_name(queue), queue=queue) == 1, queue
+            assert value(samples, "celery_tasks_succeeded_total", task=PING, queue=queue) == 1, queue
 
         # The API under gunicorn: health and the scrape-time metrics.
         status, body = http_get(f"http://127.0.0.1:{api_port}/health", {"Authorization": "Bearer test"}, timeout=10)

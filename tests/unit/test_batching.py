@@ -153,6 +153,7 @@ def test_a_voice_batch_that_runs_out_of_time_gives_the_unscored_clips_back(pg_da
 
     from app.db import session_scope
     from app.models.voice import VoiceJob
+    from app.services.voice import batches
     from app.services.voice import jobs as voice_jobs
     from app.tasks import voice
     from app.tasks.batching import BatchItem
@@ -169,12 +170,12 @@ def test_a_voice_batch_that_runs_out_of_time_gives_the_unscored_clips_back(pg_da
             raise outcome
         return dict(outcome)
 
-    monkeypatch.setattr(voice, "score_clip", score_clip)
+    monkeypatch.setattr(batches, "score_clip", score_clip)
     monkeypatch.setattr(voice, "scoring_deps", lambda: None)
     items = [BatchItem(id=f"m{i}", kwargs={"task_id": t}, hostname="w@test") for i, t in enumerate(ids)]
     outcomes = [o for _, o in voice.score_batch(items)]
     assert [o["result"] for o in outcomes] == ["completed", "failed", "failed"]
-    assert outcomes[1]["reason"] == voice.TIMED_OUT and outcomes[2]["reason"].startswith("timed_out: not scored")
+    assert outcomes[1]["reason"] == batches.TIMED_OUT and outcomes[2]["reason"] == batches.BATCH_TIMED_OUT
     assert all(o["batch"] == 3 for o in outcomes)
     with session_scope() as session:
         rows = [session.get(VoiceJob, t) for t in ids]

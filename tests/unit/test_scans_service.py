@@ -222,10 +222,10 @@ def test_sweep_requeues_stale_jobs_and_fails_exhausted_ones(pg_database) -> None
 
 
 def test_sweep_task_records_its_run(pg_database) -> None:  # type: ignore[no-untyped-def]
-    from app.tasks.scans import sweep_stale
+    from app.tasks.scans import sweep as sweep_task
 
     job_id = _job("FETCHING", version=2, attempts=1, age=get_settings().scan_stale_seconds + 60)
-    out = sweep_stale()
+    out = sweep_task()
     assert job_id in out["requeued"]
     with session_scope() as session:
         run = session.scalars(select(JobRun).where(JobRun.job == "scan-sweep").order_by(JobRun.id.desc())).first()

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from app.models.jobs import JobRun
 from app.models.outbox import OutboxEvent
 from app.models.schedules import CampaignRecipient, Lead, Tenant
+from app.services import jobs
 from app.services import schedules as svc
 
 UTC = timezone.utc
@@ -31,13 +32,13 @@ def test_slow_run_is_never_overlapped_and_the_skip_is_counted(pg_database, redis
         run.counts["processed"] = 1
 
     results = {}
-    first = threading.Thread(target=lambda: results.setdefault("first", svc.run_locked(session_scope, job, slow,
+    first = threading.Thread(target=lambda: results.setdefault("first", jobs.run_locked(session_scope, job, slow,
                                                                                         ttl=0.6)))
     first.start()
     started.wait(5)
     for i in range(3):  # three later "slots" while the first run is still going
         time.sleep(0.6)
-        results[f"next{i}"] = svc.run_locked(session_scope, job, lambda run: None, ttl=0.6)
+        results[f"next{i}"] = jobs.run_locked(session_scope, job, lambda run: None, ttl=0.6)
     first.join(10)
     assert results["first"].skipped is False and results["first"].counts == {"processed": 1}
     assert [results[f"next{i}"].skipped for i in range(3)] == [True, True, True]
