@@ -171,7 +171,7 @@ def test_unknown_upload_is_reported_missing(pg_database, tmp_path) -> None:  # t
     ],
 )
 def test_sanitize_filename(name: str | None, safe: str) -> None:
-    assert sanitize_filename(name) == safe
+    assert sanitize_filename(name, default="upload") == safe
 
 
 def test_content_type_comes_from_the_bytes(tmp_path) -> None:  # type: ignore[no-untyped-def]
