@@ -112,6 +112,7 @@ def test_the_relay_nudge_puts_one_relay_task_on_the_broker_after_the_commit(
     from app.tasks.outbox import relay_after_commits
 
     relay_after_commits()  # the hook the API and the workers set
+    redis_client.delete("outbox")  # the broker's queue (the Redis fixture is per session)
     _event(session)
     session.flush()
     time.sleep(0.3)
@@ -120,5 +121,7 @@ def test_the_relay_nudge_puts_one_relay_task_on_the_broker_after_the_commit(
     deadline = time.monotonic() + 10
     while redis_client.llen("outbox") == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
+    time.sleep(0.3)
     messages = [json.loads(raw) for raw in redis_client.lrange("outbox", 0, -1)]
+    redis_client.delete("outbox")
     assert [m["headers"]["task"] for m in messages] == ["app.tasks.outbox.relay"]
