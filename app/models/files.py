@@ -8,6 +8,7 @@ storage under ``files/<id>/chunks/<index>`` until the merge has produced and ver
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
@@ -15,11 +16,15 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.models.base import Base, ClientOwned, utcnow
 from app.models.outbox import BigId
 
-UPLOADING = "UPLOADING"
-MERGING = "MERGING"
-COMPLETED = "COMPLETED"
-FAILED = "FAILED"
-STATUSES = (UPLOADING, MERGING, COMPLETED, FAILED)
+
+class FileStatus(StrEnum):
+    UPLOADING = "UPLOADING"
+    MERGING = "MERGING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+UPLOADING, MERGING, COMPLETED, FAILED = FileStatus
 
 
 class File(ClientOwned, Base):
@@ -39,7 +44,7 @@ class File(ClientOwned, Base):
     size: Mapped[int] = mapped_column(BigInteger)  # declared by the client
     chunk_size: Mapped[int] = mapped_column(BigInteger)
     total_chunks: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default=UPLOADING)
+    status: Mapped[str] = mapped_column(String(16), default=FileStatus.UPLOADING)
     object_key: Mapped[str | None] = mapped_column(String(1024), default=None)
     final_size: Mapped[int | None] = mapped_column(BigInteger, default=None)
     # S3's ETag algorithm: MD5 hex of one part, or MD5 of the parts' MD5s + "-<parts>".

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
@@ -12,6 +13,24 @@ from app.models.base import Base, ClientOwned, utcnow
 from app.models.outbox import BigId
 
 CHANNELS = ("whatsapp", "instagram")
+
+
+class MessageStatus(StrEnum):
+    """A message as a whole: ``queued`` until every delivery is settled."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class DeliveryStatus(StrEnum):
+    """One channel's delivery of a message."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    ACCEPTED = "accepted"
+    FAILED = "failed"
 
 
 class Message(ClientOwned, Base):
@@ -29,7 +48,7 @@ class Message(ClientOwned, Base):
     channel: Mapped[str] = mapped_column(String(16))  # whatsapp | instagram | all
     recipient: Mapped[str] = mapped_column(String(128))
     content: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=MessageStatus.QUEUED, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     # The router task that owns this message: the database half of the dedup check,
@@ -70,7 +89,7 @@ class MessageDelivery(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
     channel: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_until: Mapped[datetime | None] = mapped_column(default=None)
     provider_message_id: Mapped[str | None] = mapped_column(String(200), default=None)

@@ -9,6 +9,7 @@ OCR text and the parsed preview | ``failed`` with a readable ``error``. Progress
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Float, Integer, String, Text
@@ -16,7 +17,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, ClientOwned, utcnow
 
-STATUSES = ("uploaded", "queued", "processing", "ready", "failed")
+
+class UploadStatus(StrEnum):
+    UPLOADED = "uploaded"
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
 
 
 class Upload(ClientOwned, Base):
@@ -28,7 +35,7 @@ class Upload(ClientOwned, Base):
     content_type: Mapped[str | None] = mapped_column(String(100), default=None)
     size: Mapped[int | None] = mapped_column(BigInteger, default=None)
     storage_key: Mapped[str] = mapped_column(String(1024))
-    status: Mapped[str] = mapped_column(String(16), default="uploaded", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=UploadStatus.UPLOADED, index=True)
     pages_total: Mapped[int | None] = mapped_column(Integer, default=None)
     pages_done: Mapped[int] = mapped_column(Integer, default=0)
     text: Mapped[str | None] = mapped_column(Text, default=None)

@@ -10,6 +10,7 @@ one transaction.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
@@ -18,7 +19,17 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from app.models.base import Base, ClientOwned, utcnow
 from app.models.outbox import BigId
 
-STATES = ("QUEUED", "FETCHING", "ANALYZING", "COMPLETED", "FAILED", "TIMED_OUT")
+
+class ScanState(StrEnum):
+    QUEUED = "QUEUED"
+    FETCHING = "FETCHING"
+    ANALYZING = "ANALYZING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+
+
+STATES = tuple(ScanState)
 
 
 class ScanJob(ClientOwned, Base):
@@ -29,7 +40,7 @@ class ScanJob(ClientOwned, Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     url: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16), default="QUEUED")
+    state: Mapped[str] = mapped_column(String(16), default=ScanState.QUEUED)
     # Optimistic lock: every transition matches the version it read and bumps it.
     version: Mapped[int] = mapped_column(Integer, default=1)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
@@ -18,12 +19,38 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from app.models.base import Base, ClientOwned, utcnow
 from app.models.outbox import BigId
 
-TENANT_STATUSES = ("active", "suspended")
 CAMPAIGN_CHANNELS = ("email", "whatsapp")
-CAMPAIGN_STATUSES = ("scheduled", "sending", "sent", "failed")
-RECIPIENT_STATUSES = ("pending", "sending", "sent", "failed", "skipped")
-CALL_STATUSES = ("queued", "dialing", "done", "failed", "expired")
-CALL_TERMINAL = ("done", "failed", "expired")
+
+
+class TenantStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+class CampaignStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class RecipientStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class CallStatus(StrEnum):
+    QUEUED = "queued"
+    DIALING = "dialing"
+    DONE = "done"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+CALL_TERMINAL = (CallStatus.DONE, CallStatus.FAILED, CallStatus.EXPIRED)
 
 
 def new_public_id() -> str:
@@ -44,7 +71,7 @@ class Tenant(PublicId, ClientOwned, Base):
     name: Mapped[str] = mapped_column(String(200))
     plan: Mapped[str] = mapped_column(String(32), default="trial")  # trial | paid plans
     trial_ends_at: Mapped[datetime | None] = mapped_column(default=None)
-    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=TenantStatus.ACTIVE, index=True)
     suspended_at: Mapped[datetime | None] = mapped_column(default=None)
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     # {"mon": [["09:00", "18:00"]], ...}: wall-clock opening intervals per weekday.
@@ -79,7 +106,7 @@ class Campaign(PublicId, ClientOwned, Base):
     subject: Mapped[str] = mapped_column(String(300), default="")
     template: Mapped[str] = mapped_column(Text)
     scheduled_at: Mapped[datetime] = mapped_column(default=utcnow)
-    status: Mapped[str] = mapped_column(String(16), default="scheduled")
+    status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.SCHEDULED)
     total: Mapped[int] = mapped_column(Integer, default=0)
     sent: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
@@ -105,7 +132,7 @@ class CampaignRecipient(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
     address: Mapped[str] = mapped_column(String(320))
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=RecipientStatus.PENDING)
     batch: Mapped[int | None] = mapped_column(Integer, default=None)
     detail: Mapped[str | None] = mapped_column(Text, default=None)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -119,7 +146,7 @@ class CallRequest(PublicId, ClientOwned, Base):
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
     scheduled_for: Mapped[datetime] = mapped_column(default=utcnow)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=CallStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     provider_call_id: Mapped[str | None] = mapped_column(String(200), default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)

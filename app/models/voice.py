@@ -10,6 +10,7 @@ HTTP pull path can never both hold one task; ``claimed_by`` names the holder
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Index, Integer, String, Text
@@ -17,8 +18,18 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, ClientOwned, utcnow
 
-STATUSES = ("pending", "claimed", "processing", "completed", "failed")
-TARGETS = ("celery", "remote")
+
+class VoiceJobStatus(StrEnum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class VoiceTarget(StrEnum):
+    CELERY = "celery"
+    REMOTE = "remote"
 
 
 class VoiceJob(ClientOwned, Base):
@@ -33,8 +44,8 @@ class VoiceJob(ClientOwned, Base):
     audio_url: Mapped[str | None] = mapped_column(Text, default=None)
     transcript: Mapped[str | None] = mapped_column(Text, default=None)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
-    target: Mapped[str] = mapped_column(String(16), default="celery")
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    target: Mapped[str] = mapped_column(String(16), default=VoiceTarget.CELERY)
+    status: Mapped[str] = mapped_column(String(16), default=VoiceJobStatus.PENDING)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     claimed_by: Mapped[str | None] = mapped_column(String(200), default=None)
