@@ -19,6 +19,7 @@ classes below, never as boto3's: ``StorageUnavailable`` is worth a retry,
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import io
 import logging
@@ -34,9 +35,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 from urllib.parse import quote
 
 import boto3
@@ -353,7 +354,7 @@ class Storage(ABC):
         """Every key starting with ``prefix`` (a plain string prefix, as on S3), sorted."""
 
     @abstractmethod
-    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+    def list_info(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         """``list`` with each object's size, ETag and modification time, sorted by key."""
 
     @abstractmethod
@@ -499,7 +500,7 @@ class LocalStorage(Storage):
         try:
             # The reader checks each part as it passes its end, the last one included,
             # before put_stream sees the end of the stream: a bad part leaves no object.
-            self.put_stream(dest_key, reader, content_type)
+            self.put_stream(dest_key, cast(IO[bytes], reader), content_type)
         finally:
             reader.close()
         read = reader.sha256.hexdigest()
@@ -527,7 +528,7 @@ class LocalStorage(Storage):
         """Yield the object's file opened for binary reading."""
         path = self.path_for(key)
         try:
-            f = open(path, "rb")
+            f = open(path, "rb")  # noqa: SIM115 - closed by the with below
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise StorageKeyNotFound(key) from None
         with f:
@@ -566,7 +567,7 @@ class LocalStorage(Storage):
         """Walk only the directory the prefix points into, skipping in-progress temp files."""
         return sorted(key for key, _ in self._walk(prefix))
 
-    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+    def list_info(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         """``list`` plus each file's size and mtime (no checksum is kept: ``etag`` None)."""
         found = []
         for key, path in self._walk(prefix):
@@ -574,7 +575,7 @@ class LocalStorage(Storage):
                 st = path.stat()
             except FileNotFoundError:
                 continue  # deleted meanwhile
-            found.append(ObjectInfo(key, st.st_size, None, datetime.fromtimestamp(st.st_mtime, timezone.utc)))
+            found.append(ObjectInfo(key, st.st_size, None, datetime.fromtimestamp(st.st_mtime, UTC)))
         return sorted(found, key=lambda o: o.key)
 
     def _walk(self, prefix: str) -> Iterator[tuple[str, Path]]:
@@ -762,7 +763,7 @@ class _VerifyingReader(io.RawIOBase):
         self._md5, self._got = hashlib.md5(), 0
         return True
 
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, size: int = -1) -> bytes:
         while True:
             if self._f is None and not self._next():
                 return b""
@@ -964,7 +965,7 @@ class _CountingBody(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, amt: int | None = None) -> bytes:  # type: ignore[override]
+    def read(self, amt: int | None = None) -> bytes:
         data = self._body.read(amt) if amt is not None and amt >= 0 else self._body.read()
         for t in self._records:
             t.received += len(data)
@@ -1228,10 +1229,10 @@ class S3Storage(Storage):
         """Every page of ``list_objects_v2``."""
         return [info.key for info in self.list_info(prefix)]
 
-    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+    def list_info(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         """Every page of ``list_objects_v2``, with ``Size``, ``ETag`` and ``LastModified``."""
         _validate_prefix(prefix)
-        found: list[ObjectInfo] = []
+        found: builtins.list[ObjectInfo] = []
         with _s3_errors(f"list {prefix!r}"):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
                 found.extend(ObjectInfo(obj["Key"], int(obj["Size"]), _etag(obj.get("ETag", "")),

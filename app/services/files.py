@@ -45,8 +45,8 @@ from app.services.outbox import add_event
 from app.storage import (
     S3_MAX_PARTS,
     S3_MIN_PART_BYTES,
-    ComposeRejected,
     Composed,
+    ComposeRejected,
     ObjectInfo,
     Part,
     Storage,
@@ -428,12 +428,13 @@ def _sync_chunks_from_store(session: Session, storage: Storage, file: File) -> l
     for index in range(file.total_chunks):
         obj, row = stored.get(index), rows.get(index)
         expected = expected_chunk_size(file, index)
+        etag = (obj.etag or "") if obj is not None else ""
         problem = None
         if obj is None:
             pass
         elif obj.size != expected:
             problem = {"index": index, "problem": "wrong_size", "size": obj.size, "expected": expected}
-        elif not _MD5_RE.match(obj.etag or ""):
+        elif not _MD5_RE.match(etag):
             problem = {"index": index, "problem": "not_single_put",
                        "detail": "uploaded in several parts; upload the chunk with one PUT"}
         if obj is None or problem is not None:
@@ -443,11 +444,11 @@ def _sync_chunks_from_store(session: Session, storage: Storage, file: File) -> l
                 invalid.append(problem)
             continue
         if row is None:
-            session.add(FileChunk(file_id=file.id, index=index, key=obj.key, size=obj.size, checksum=obj.etag,
+            session.add(FileChunk(file_id=file.id, index=index, key=obj.key, size=obj.size, checksum=etag,
                                   sha256=None, uploaded_at=obj.modified or utcnow()))
-        elif row.checksum != obj.etag or row.size != obj.size:
+        elif row.checksum != etag or row.size != obj.size:
             # Replaced through a presigned URL since the API saw it.
-            row.size, row.checksum, row.sha256, row.key = obj.size, obj.etag, None, obj.key
+            row.size, row.checksum, row.sha256, row.key = obj.size, etag, None, obj.key
             row.uploaded_at = obj.modified or utcnow()
     session.flush()
     return invalid
