@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session
 from app.filenames import sanitize_filename
 from app.models.base import utcnow
 from app.models.ocr import Upload
+from app.services.ocr_image import Prepared, prepare
 from app.services.outbox import add_event
 from app.services.scorecard import Word, parse_scorecard
 from app.storage import Storage, StorageKeyNotFound
@@ -270,6 +271,8 @@ class PageResult:
     text: str
     mean_confidence: float | None
     seconds: float
+    prep_seconds: dict[str, float] = field(default_factory=dict)  # per preparation step
+    prep_applied: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -650,11 +653,13 @@ def ocr_page(path: Path, number: int, limits: OcrLimits, workdir: Path | None = 
     timeout = limits.page_timeout
     out_base = (workdir or path.parent) / f"ocr-{number}"
     started = time.monotonic()
+    prepared = prepare_page(path, workdir or path.parent)
     try:
         # The trailing "tsv" is Tesseract's own config file selecting TSV output, exactly as
         # on the command line: tesseract PAGE OUT -l eng --psm 6 --oem 3 tsv
         with _tesseract_env():
-            run_tesseract(str(path), str(out_base), "tsv", limits.language, f"{TESSERACT_CONFIG} tsv", timeout=timeout)
+            run_tesseract(str(prepared.path), str(out_base), "tsv", limits.language, f"{TESSERACT_CONFIG} tsv",
+                          timeout=timeout)
         tsv = Path(f"{out_base}.tsv").read_text(encoding="utf-8", errors="replace")
     except RuntimeError as exc:
         if "timeout" in str(exc).lower():
@@ -666,11 +671,22 @@ def ocr_page(path: Path, number: int, limits: OcrLimits, workdir: Path | None = 
         raise UploadRejected(f"Tesseract could not read page {number} ({str(exc.message).strip()[:200]})") from None
     finally:
         Path(f"{out_base}.tsv").unlink(missing_ok=True)
+        if prepared.path != path:
+            prepared.path.unlink(missing_ok=True)
     seconds = time.monotonic() - started
     lines, confidences = parse_tsv(tsv)
     text = "\n".join(" ".join(w.text for w in line) for line in lines)
     mean = round(statistics.fmean(confidences), 2) if confidences else None
-    return PageResult(lines, text, mean, seconds)
+    return PageResult(lines, text, mean, seconds, prepared.steps, prepared.applied)
+
+
+def prepare_page(path: Path, workdir: Path) -> Prepared:
+    """Image preparation (app.services.ocr_image); a page it cannot handle goes to Tesseract as it is."""
+    try:
+        return prepare(path, workdir)
+    except Exception as exc:  # noqa: BLE001 - an optional step failing must not fail the page
+        logger.warning("image preparation skipped", extra={"error": str(exc)[:200]})
+        return Prepared(path)
 
 
 def parse_tsv(tsv: str) -> tuple[list[list[Word]], list[float]]:

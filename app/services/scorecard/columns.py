@@ -277,7 +277,7 @@ def _row_score(table: str, row: dict[str, Any]) -> float:
         if r is not None and b and sr is not None:
             score += 3 if printed_matches(sr, 100 * r / b) else -1
         if r is not None and g("fours") is not None and g("sixes") is not None:
-            score += 0.5 if 4 * g("fours") + 6 * g("sixes") <= r else -2
+            score += 0.5 if 4 * g("fours") + 6 * g("sixes") <= r else -1
         if r is not None and b is not None and r > 6 * max(b, 0) + 6:
             score -= 1.5
         return score
@@ -339,7 +339,9 @@ def assign_columns(table: str, rows: Sequence[RawRow], header: Header | None,
         keyed = [{k: values[i, k][r] for i, k in enumerate(keys)} for r in range(len(cells))]
         score = sum(_row_score(table, r) for r in keyed) + _table_score(table, keyed, ctx)
         score += 1.5 if _usual(table, keys) else 0
-        score += sum(1.0 if p == k else -1.0 for p, k in zip(proposed, keys, strict=True) if p is not None)
+        weight = 2 + 0.5 * len(cells)  # a header word that was read outweighs a few misread cells
+        score += sum(weight if p == k else -weight for p, k in zip(proposed, keys, strict=True) if p is not None)
+        score -= 0.5 if "minutes" in keys and "minutes" not in proposed else 0
         if best is None or (score, -rank) > (best[0], -best[1]):
             best = (score, rank, keys)
     if best is None:
