@@ -341,7 +341,8 @@ def assign_columns(table: str, rows: Sequence[RawRow], header: Header | None,
         score += 1.5 if _usual(table, keys) else 0
         weight = 2 + 0.5 * len(cells)  # a header word that was read outweighs a few misread cells
         score += sum(weight if p == k else -weight for p, k in zip(proposed, keys, strict=True) if p is not None)
-        score -= 0.5 if "minutes" in keys and "minutes" not in proposed else 0
+        # Columns few cards print are taken only when the header or the sums call for them.
+        score -= sum(0.5 for k in ("minutes", "dots", "wides", "no_balls") if k in keys and k not in proposed)
         if best is None or (score, -rank) > (best[0], -best[1]):
             best = (score, rank, keys)
     if best is None:

@@ -188,8 +188,7 @@ class Reader:
             return self._dismissal_line(page, words, numbers)
         if not clean_name(w.text for w in label):
             return False
-        table = "batting" if self.section in (None, "batting") or has_dismissal and self.section != "bowling" \
-            else "bowling"
+        table = "batting" if self.section in (None, "batting") or has_dismissal else "bowling"
         if table == "batting" and self.section not in (None, "batting"):
             self._innings_for("batting", page)
         inn = self.current(page)
