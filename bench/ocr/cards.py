@@ -164,7 +164,7 @@ def innings_rows(rng: random.Random, inn: dict[str, Any], fam: Family, fmt: str)
     rows = [Row("innings", [Cell(title, "text")])]
     rows.append(Row("bat_header", [Cell("BATTER" if fam.caps else "Batter", "name"),
                                    Cell("" if fam.dismissal_below else "Dismissal", "dismissal")]
-                    + [Cell(t, k) for t, k in zip(_labels(bat_keys, BAT_LABELS, fam.label_style), bat_keys)]))
+                    + [Cell(t, k) for t, k in zip(_labels(bat_keys, BAT_LABELS, fam.label_style), bat_keys, strict=True)]))
     for r in inn["batting"]:
         numbers = [Cell(_fmt(k, r, fam), k) for k in bat_keys]
         if fam.dismissal_below:
@@ -193,7 +193,7 @@ def innings_rows(rng: random.Random, inn: dict[str, Any], fam: Family, fmt: str)
         rows += [Row("text", [Cell(ln, "text")]) for ln in lines[1:]]
     rows.append(Row("blank", []))
     rows.append(Row("bowl_header", [Cell("BOWLER" if fam.caps else "Bowler", "name")]
-                    + [Cell(t, k) for t, k in zip(_labels(bowl_keys, BOWL_LABELS, fam.label_style), bowl_keys)]))
+                    + [Cell(t, k) for t, k in zip(_labels(bowl_keys, BOWL_LABELS, fam.label_style), bowl_keys, strict=True)]))
     for b in inn["bowling"]:
         cells = [Cell(_name(b["bowler"], fam), "name")] + [Cell(_fmt(k, b, fam), k) for k in bowl_keys]
         notes = [f"{b['wides']}w" if b["wides"] else "", f"{b['no_balls']}nb" if b["no_balls"] else ""]

@@ -98,7 +98,7 @@ def _prepare(name: str, data: bytes, tmp_path: Path):  # type: ignore[no-untyped
 
 
 def test_a_clean_page_goes_to_tesseract_untouched(tmp_path: Path) -> None:
-    name, data, _, about = make_card(CardSpec("dev-classic", 1, "clean"))
+    name, data, _, _about = make_card(CardSpec("dev-classic", 1, "clean"))
     prepared = _prepare(name, data, tmp_path)
     assert prepared.applied == [] and prepared.path == tmp_path / name
     assert set(prepared.steps) >= {"load", "perspective", "lighting", "inversion", "deskew", "upscale"}

@@ -7,6 +7,7 @@ innings: each is a function returning what it found, so adding a check is one li
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,12 +36,12 @@ def _resolve_batting_row(innings: Innings, row: dict[str, Any]) -> None:
         return
     candidates: list[tuple[str, Any]] = []
     if sr is not None and b:
-        value = int(round(sr * b / 100))
+        value = round(sr * b / 100)
         if printed_matches(sr, 100 * value / b, decimals):
             candidates.append(("runs", value))
     if sr and r is not None and r > 0:
         value = 100 * r / sr
-        rounded = int(round(value))
+        rounded = round(value)
         if rounded > 0 and printed_matches(sr, 100 * r / rounded, decimals):
             candidates.append(("balls", rounded))
     if r is not None and b:
@@ -68,7 +69,7 @@ def _resolve_bowling_row(innings: Innings, row: dict[str, Any]) -> None:
     candidates: list[tuple[str, Any]] = []
     if econ is not None and balls:
         value = econ * balls / 6
-        rounded = int(round(value))
+        rounded = round(value)
         if printed_matches(econ, rounded * 6 / balls, decimals):
             candidates.append(("runs", rounded))
     if runs is not None and balls:
@@ -121,7 +122,7 @@ def _resolve_with_totals(inn: Innings) -> None:
         for row in inn.batting if gap else []:
             r, b, sr = row["runs"], row["balls"], row["strike_rate"]
             if b and sr is not None and not printed_matches(sr, 100 * r / b):
-                candidate = int(round(sr * b / 100))
+                candidate = round(sr * b / 100)
                 if candidate - r == gap and printed_matches(sr, 100 * candidate / b):
                     fits.append((row, candidate))
         if len(fits) == 1:
@@ -136,7 +137,7 @@ def _resolve_with_totals(inn: Innings) -> None:
         for row in inn.bowling if gap else []:
             balls, r, econ = row["balls"], row["runs"], row["economy"]
             if balls and econ is not None and not printed_matches(econ, r * 6 / balls):
-                candidate = int(round(econ * balls / 6))
+                candidate = round(econ * balls / 6)
                 if candidate - r == gap and printed_matches(econ, candidate * 6 / balls):
                     fits.append((row, candidate))
         if len(fits) == 1:
@@ -249,7 +250,7 @@ def _fall_of_wickets(inn: Innings) -> Iterator[Finding]:
     scores = [f["score"] for f in fow]
     problems = [text for bad, text in (
         ([f["wicket"] for f in fow] != list(range(1, len(fow) + 1)), "wickets are not numbered 1, 2, 3, …"),
-        (any(a > b for a, b in zip(scores, scores[1:])), "scores go down"),
+        (any(a > b for a, b in itertools.pairwise(scores)), "scores go down"),
         (total.get("runs") is not None and scores[-1] > total["runs"],
          f"last score {scores[-1]} is above the total {total.get('runs')}"),
         (total.get("wickets") is not None and len(fow) != total["wickets"],

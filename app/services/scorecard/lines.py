@@ -95,7 +95,7 @@ def deskew(lines: Sequence[Line]) -> list[list[Word]]:
             if w.left is None or w.center_y is None:
                 row.append(w)
                 continue
-            shift = int(round(slope * w.center_y))
+            shift = round(slope * w.center_y)
             row.append(Word(w.text, w.left + shift, w.top, w.width, w.height, w.conf))
         out.append(row)
     return out
