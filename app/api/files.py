@@ -12,12 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from flask import Blueprint, current_app, g, request, url_for
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, Field
 from spectree import Response
 
 from app.api.auth import require_api_key
-from app.api.ownership import owned, owner
 from app.api.errors import ApiError, ErrorResponse
+from app.api.ownership import owned, owner
 from app.api.spec import BEARER, spec
 from app.db import session_scope
 from app.models.files import COMPLETED, File
@@ -28,8 +29,8 @@ from app.services.files import (
     create_upload,
     download_url,
     expected_chunk_size,
-    received_chunks,
     receive_chunk,
+    received_chunks,
     upload_url,
 )
 from app.storage import get_storage
@@ -125,21 +126,19 @@ def _chunk_path(file_id: str, index: int) -> str:
     return url_for("files.put_chunk", file_id=file_id, index=index)
 
 
+#: The status document's fields that are not columns of the file.
+_COMPUTED = frozenset({"chunks_received", "missing_chunks", "download_url"})
+
+
 def file_out(session, storage, file: File) -> dict:  # type: ignore[no-untyped-def]
-    """The status document of a file."""
+    """The status document of a file: its columns, what has arrived, and the download URL."""
     received = received_chunks(session, storage, file)
     have = set(received)
     missing = [] if file.status == COMPLETED else [i for i in range(file.total_chunks) if i not in have]
-    return FileOut(
-        id=file.id, filename=file.filename, content_type=file.content_type, size=file.size,
-        chunk_size=file.chunk_size, total_chunks=file.total_chunks, status=file.status,
-        chunks_received=len(received), missing_chunks=missing, failure_reason=file.failure_reason,
-        final_size=file.final_size, checksum=file.checksum, sha256=file.sha256,
-        merge_attempts=file.merge_attempts, merge_parts_done=file.merge_parts_done,
-        merge_bytes_received=file.merge_bytes_received, download_url=download_url(storage, file),
-        created_at=file.created_at, updated_at=file.updated_at, completed_at=file.completed_at,
-    ).model_dump(mode="json")
-
+    columns = {name: getattr(file, name) for name in FileOut.model_fields.keys() - _COMPUTED}
+    document = FileOut(**columns, chunks_received=len(received), missing_chunks=missing,
+                       download_url=download_url(storage, file))
+    return document.model_dump(mode="json")
 
 
 @bp.post("/api/files")
@@ -149,7 +148,7 @@ def file_out(session, storage, file: File) -> dict:  # type: ignore[no-untyped-d
     tags=["files"], security=BEARER,
 )
 @require_api_key
-def create(json: FileCreate):  # type: ignore[no-untyped-def]
+def create(json: FileCreate) -> ResponseReturnValue:
     """Start a chunked upload: the answer says how to cut the file and where each chunk goes."""
     settings = current_app.config["SETTINGS"]
     storage = _storage()
@@ -187,7 +186,7 @@ def create(json: FileCreate):  # type: ignore[no-untyped-def]
     path_parameter_descriptions={"file_id": "The upload's id.", "index": "Chunk number, from 0."},
 )
 @require_api_key
-def put_chunk(file_id: str, index: int):  # type: ignore[no-untyped-def]
+def put_chunk(file_id: str, index: int) -> ResponseReturnValue:
     """Store one chunk (the raw request body); sending a chunk again replaces it.
 
     The body must be exactly the chunk's size (400 `wrong_chunk_size`); an optional
@@ -215,7 +214,7 @@ def put_chunk(file_id: str, index: int):  # type: ignore[no-untyped-def]
     tags=["files"], security=BEARER, path_parameter_descriptions={"file_id": "The upload's id."},
 )
 @require_api_key
-def complete(file_id: str):  # type: ignore[no-untyped-def]
+def complete(file_id: str) -> ResponseReturnValue:
     """Every chunk is sent: merge them (asynchronously). 409 `chunks_missing` lists what is not there."""
     try:
         with session_scope() as session:
@@ -234,7 +233,7 @@ def complete(file_id: str):  # type: ignore[no-untyped-def]
     tags=["files"], security=BEARER, path_parameter_descriptions={"file_id": "The upload's id."},
 )
 @require_api_key
-def get_status(file_id: str):  # type: ignore[no-untyped-def]
+def get_status(file_id: str) -> ResponseReturnValue:
     """Status, chunks received, and a presigned download URL once `COMPLETED`."""
     storage = _storage()
     try:
