@@ -47,6 +47,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], int]] = {
     "voice": ("voice family", [], ["--clips", "40", "--asr-clips", "1", "--repeat", "2"], 1200),
     "ocr": ("OCR family", [], ["--pages", "1", "--repeat", "2", "--skip-accuracy"], 1800),
     "scans": ("scans family", [], ["--repeat", "2", "--scans", "2"], 1200),
+    "ledger": ("console ledger (cross-cutting)", [], ["--jobs", "100000", "--repeat", "10"], 1800),
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.models import files, jobs, ocr, scans, schedules, voice  # noqa: F401  (registers their tables)
+from app.models import console, files, jobs, ocr, scans, schedules, voice  # noqa: F401  (registers their tables)
 from app.models.auth import ApiKey, Client
 from app.models.base import Base
 from app.models.messages import DeadLetter, Message, MessageDelivery, MessageStatusUpdate
