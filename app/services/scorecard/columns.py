@@ -111,9 +111,7 @@ def split_numbers(words: Sequence[Word]) -> tuple[list[Word], list[Word]]:
     """
     i = len(words)
     while i > 1:
-        if _numeric(words[i - 1]):
-            i -= 1
-        elif (i < len(words) and i > 2 and len(words[i - 1].text) <= 4 and _numeric(words[i - 2])
+        if _numeric(words[i - 1]) or (i < len(words) and i > 2 and len(words[i - 1].text) <= 4 and _numeric(words[i - 2])
               and any(ch.isdigit() for ch in words[i - 2].text)):
             i -= 1
         else:
@@ -233,7 +231,7 @@ def candidates(table: str, kinds: list[str]) -> list[tuple[str, ...]]:
     """Every key assignment the columns' contents allow."""
     rate_key = "strike_rate" if table == "batting" else "economy"
     pool = [k for k in (BATTING_KEYS if table == "batting" else BOWLING_KEYS) if k not in (rate_key, "fours", "sixes")
-            or table == "batting" and k != rate_key]
+            or (table == "batting" and k != rate_key)]
     rate_cols = [i for i, k in enumerate(kinds) if k == "rate"]
     if len(rate_cols) > 1:
         return []

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
+
 @dataclass(frozen=True)
 class Word:
     """One OCR word; position and confidence are optional (plain text has neither)."""

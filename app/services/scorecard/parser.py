@@ -32,8 +32,6 @@ from app.services.scorecard.numbers import (
     clean_name,
     mean_conf,
     overs_to_balls,
-    read_int,
-    read_overs,
 )
 
 _TITLE_RE = re.compile(r"^(?P<a>[A-Za-z][\w .&'-]*?)\s+(?:v|vs\.?|versus)\s+(?P<b>[A-Za-z][\w .&'-]*?)\s*$")
@@ -146,7 +144,7 @@ class Reader:
     def _innings_for(self, table: str, page: int) -> Innings:
         """The innings a batting table belongs to: a new one when the current has finished batting."""
         inn = self.current(page)
-        if table == "batting" and (inn.raw["bowling"] or inn.total is not None and self.section != "batting"):
+        if table == "batting" and (inn.raw["bowling"] or (inn.total is not None and self.section != "batting")):
             inn = Innings(len(self.innings) + 1, None, page)
             self.innings.append(inn)
         return inn
