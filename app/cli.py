@@ -74,6 +74,27 @@ def revoke_api_key_cmd(key_id: int) -> None:
     click.echo(f"revoked {key_id}")
 
 
+@main.command("create-operator")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), default="viewer", show_default=True,
+              help="viewer: sees; operator: also acts; admin: also purges and manages operators.")
+@click.option("--password", default=None, help="Omitted: a generated one, printed once.")
+def create_operator_cmd(name: str, role: str, password: str | None) -> None:
+    """Create an operator of the console (/console) and print its password (shown once)."""
+    import secrets
+
+    from app.db import session_scope
+    from app.services.console.operators import OperatorError, create_operator
+
+    password = password or secrets.token_urlsafe(18)
+    try:
+        with session_scope() as session:
+            create_operator(session, name, role, password)
+    except OperatorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"name": name, "role": role, "password": password}))
+
+
 @main.command()
 def dev() -> None:
     """Run API, a worker on every queue, beat and Flower in the foreground."""

@@ -593,6 +593,24 @@ class Settings(BaseSettings):
                              "would lose its lock between two loops")
         return self
 
+    # --- operator console (docs/console.md) ---------------------------------
+    console_bulk_max: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="Most jobs one bulk replay or cancel of the console may act on; a filter selecting more is refused.",
+    )
+    console_session_hours: float = Field(
+        8.0, gt=0, le=168, description="How long a console sign-in lasts (hours).",
+    )
+    console_login_limit: str = Field(
+        "10/minute",
+        description="Console sign-in attempts allowed per client address (`limits` notation; `0`: not limited).",
+    )
+
+    @field_validator("console_login_limit")
+    @classmethod
+    def _check_console_login_limit(cls, value: str) -> str:
+        return _rate_limit_notation(value)
+
     # --- health / logging --------------------------------------------------
     health_timeout: float = Field(2.0, gt=0, description="Seconds each /health dependency check may take.")
     health_cache_seconds: float = Field(

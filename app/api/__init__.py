@@ -18,7 +18,7 @@ from app.settings import Settings, get_settings, set_settings
 
 
 #: One blueprint module per family, each exposing ``bp``.
-BLUEPRINTS = ("health", "admin", "storage", "messages", "dlq", "ocr", "scans", "voice", "files", "schedules")
+BLUEPRINTS = ("health", "admin", "storage", "messages", "dlq", "ocr", "scans", "voice", "files", "schedules", "console")
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -20,6 +20,10 @@ from tests.security.test_route_protection import PUBLIC, PUBLIC_PREFIXES, _route
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 
+def _console_routes() -> list[tuple[str, str]]:
+    return [(m, r) for m, r in _routes() if r.startswith("/console") and r not in PUBLIC]
+
+
 #: Routes that create an object, or belong to another actor, with why they are not cases.
 NOT_OWNED = {
     ("POST", "/api/scans"): "creates a scan (owner recorded: checked by the reads below)",
@@ -49,6 +53,8 @@ NOT_OWNED = {
     ("GET", "/admin/workers"): "the admin page (signed-in operators)",
     ("POST", "/admin/workers"): "the admin page (signed-in operators)",
     ("POST", "/admin/workers/<worker_id>/revoke"): "the admin page (signed-in operators)",
+    **{(m, r): "the operator console: operators and ADMIN_TOKEN only, every client's work by design (tests/console)"
+       for m, r in _console_routes()},
 }
 
 

@@ -24,6 +24,8 @@ PUBLIC = {
     "/admin/login": "the admin page's sign-in form",
     "/admin/logout": "signing out needs no credential",
     "/admin/workers": "without a session it only shows the sign-in form (checked below)",
+    "/console/login": "the console's sign-in form",
+    "/console/logout": "signing out needs no credential",
 }
 PUBLIC_PREFIXES = ("/docs/",)  # the rendered OpenAPI pages
 
