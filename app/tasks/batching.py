@@ -199,28 +199,9 @@ class _Dispatcher:
             # and its messages acknowledged just after that, while the process works.
             self.done()
             if self.hub is not None:
-                self.hub.call_later(HANDOVER, finish, outcomes)
+                self.hub.call_later(HANDOVER, self.finish, requests, outcomes)
             else:
-                finish(outcomes)
-
-        def finish(outcomes: list[tuple[str, Any, float]]) -> None:
-            if len(outcomes) != len(requests):  # a run_batch that broke its contract
-                logger.error("batch of %d %s requests answered %d outcomes; running them one by one",
-                             len(requests), self.task.name, len(outcomes))
-                outcomes = [(ALONE, None, 0.0)] * len(requests)
-            for request, (kind, retval, runtime) in zip(requests, outcomes, strict=True):
-                if kind == ALONE:
-                    self.alone(request, counted=False)
-                    continue
-                # Stored here rather than in the pool process, and before the
-                # acknowledgement, as Celery's own trace does.
-                if not (request.ignore_result or self.task.ignore_result):
-                    try:
-                        self.task.backend.mark_as_done(request.task_id, retval)
-                    except Exception as exc:  # the result backend is a copy; the request is done
-                        logger.warning("could not store a batched request's result",
-                                       extra={"task_id": request.task_id, "error": str(exc)[:200]})
-                request.on_success((False, retval, runtime))
+                self.finish(requests, outcomes)
 
         def on_error(exc_info: Any) -> None:
             self.done()
@@ -241,6 +222,27 @@ class _Dispatcher:
             timeout=hard * n if hard else None,
             correlation_id=requests[0].task_id,
         )
+
+
+    def finish(self, requests: list[Any], outcomes: list[tuple[str, Any, float]]) -> None:
+        """Answer each request of a returned batch: its result stored and acknowledged, or run alone."""
+        if len(outcomes) != len(requests):  # a run_batch that broke its contract
+            logger.error("batch of %d %s requests answered %d outcomes; running them one by one",
+                         len(requests), self.task.name, len(outcomes))
+            outcomes = [(ALONE, None, 0.0)] * len(requests)
+        for request, (kind, retval, runtime) in zip(requests, outcomes, strict=True):
+            if kind == ALONE:
+                self.alone(request, counted=False)
+                continue
+            # Stored here rather than in the pool process, and before the
+            # acknowledgement, as Celery's own trace does.
+            if not (request.ignore_result or self.task.ignore_result):
+                try:
+                    self.task.backend.mark_as_done(request.task_id, retval)
+                except Exception as exc:  # the result backend is a copy; the request is done
+                    logger.warning("could not store a batched request's result",
+                                   extra={"task_id": request.task_id, "error": str(exc)[:200]})
+            request.on_success((False, retval, runtime))
 
 
 def _stopping() -> bool:
