@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Literal
 
 from flask import Blueprint
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, Field
 from spectree import Response
 
@@ -87,7 +88,7 @@ class OutboxPage(BaseModel):
 @spec.validate(query=DlqQuery, resp=Response(HTTP_200=DeadLetterPage, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse),
                tags=["dlq"], security=BEARER)
 @require_api_key
-def list_dlq(query: DlqQuery):  # type: ignore[no-untyped-def]
+def list_dlq(query: DlqQuery) -> ResponseReturnValue:
     """Dead letters, newest first, filtered by channel, error and replay state."""
     with session_scope() as session:
         rows, total = list_dead_letters(
@@ -103,7 +104,7 @@ def list_dlq(query: DlqQuery):  # type: ignore[no-untyped-def]
 @spec.validate(resp=Response(HTTP_202=Replayed, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse, HTTP_404=ErrorResponse, HTTP_409=ErrorResponse),
                tags=["dlq"], security=BEARER)
 @require_api_key
-def replay(dead_letter_id: int):  # type: ignore[no-untyped-def]
+def replay(dead_letter_id: int) -> ResponseReturnValue:
     """Send the dead letter's channel again, through the outbox."""
     try:
         with session_scope() as session:
@@ -123,7 +124,7 @@ def replay(dead_letter_id: int):  # type: ignore[no-untyped-def]
 @spec.validate(query=OutboxQuery, resp=Response(HTTP_200=OutboxPage, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse),
                tags=["outbox"], security=ADMIN)
 @require_admin
-def list_outbox(query: OutboxQuery):  # type: ignore[no-untyped-def]
+def list_outbox(query: OutboxQuery) -> ResponseReturnValue:
     """Outbox events: dead ones (default), pending ones, or all."""
     with session_scope() as session:
         rows = outbox_service.list_events(
@@ -140,7 +141,7 @@ def list_outbox(query: OutboxQuery):  # type: ignore[no-untyped-def]
 @spec.validate(resp=Response(HTTP_202=OutboxEventOut, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse, HTTP_404=ErrorResponse, HTTP_409=ErrorResponse),
                tags=["outbox"], security=ADMIN)
 @require_admin
-def replay_outbox(event_id: int):  # type: ignore[no-untyped-def]
+def replay_outbox(event_id: int) -> ResponseReturnValue:
     """Give a dead outbox event fresh attempts."""
     try:
         with session_scope() as session:

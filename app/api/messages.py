@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Literal
 
 from flask import Blueprint, current_app, url_for
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, Field, field_validator
 from spectree import Response
 from sqlalchemy import select
@@ -101,7 +102,7 @@ def message_out(message: Message) -> dict:
     tags=["messages"], security=BEARER,
 )
 @require_api_key
-def submit(json: MessageCreate):  # type: ignore[no-untyped-def]
+def submit(json: MessageCreate) -> ResponseReturnValue:
     """Accept a message for WhatsApp, Instagram or both; it is routed asynchronously."""
     limit = current_app.config["SETTINGS"].message_max_length
     if len(json.content) > limit:
@@ -135,7 +136,7 @@ def submit(json: MessageCreate):  # type: ignore[no-untyped-def]
 @spec.validate(resp=Response(HTTP_200=MessageOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["messages"], security=BEARER)
 @require_api_key
-def get_message(message_id: str):  # type: ignore[no-untyped-def]
+def get_message(message_id: str) -> ResponseReturnValue:
     """A message of the caller's by its id, its per-channel deliveries and its status history
     (the admin credential also finds the messages the system sends by their internal id)."""
     with session_scope() as session:

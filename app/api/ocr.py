@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field
 from spectree import Response
 from spectree.model_adapter.pydantic_adapter import BaseFile
@@ -142,7 +143,7 @@ def _too_large(size: int, limit: int) -> ApiError:
 )
 @require_api_key
 @job_quota("ocr")
-def create(json: DirectUploadRequest, form: UploadForm):  # type: ignore[no-untyped-def]
+def create(json: DirectUploadRequest, form: UploadForm) -> ResponseReturnValue:
     """Upload a scorecard (multipart ``file``), or start a direct upload to S3 (JSON ``filename``).
 
     Multipart: the file is stored and 201 returned with its id; call ``complete`` to OCR it.
@@ -186,7 +187,7 @@ def create(json: DirectUploadRequest, form: UploadForm):  # type: ignore[no-unty
     tags=["ocr"], security=BEARER,
 )
 @require_api_key
-def complete(upload_id: str):  # type: ignore[no-untyped-def]
+def complete(upload_id: str) -> ResponseReturnValue:
     """Queue the upload for OCR; 202 with the status URL. Calling it again queues nothing more."""
     storage = get_storage(current_app.config["SETTINGS"])
     try:
@@ -209,7 +210,7 @@ def complete(upload_id: str):  # type: ignore[no-untyped-def]
                              HTTP_503=ErrorResponse),
                tags=["ocr"], security=BEARER)
 @require_api_key
-def upload_status(upload_id: str):  # type: ignore[no-untyped-def]
+def upload_status(upload_id: str) -> ResponseReturnValue:
     """Status, progress (pages done of total), the parsed preview when ready, the reason when failed."""
     with session_scope() as session:
         upload = owned(session, Upload, upload_id, "upload")

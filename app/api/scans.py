@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, current_app, url_for
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, Field, field_validator
 from spectree import Response
 
@@ -158,7 +159,7 @@ def scan_out(job: ScanJob) -> dict[str, Any]:
                tags=["scans"], security=BEARER)
 @require_api_key
 @job_quota("scans")
-def submit(json: ScanCreate):  # type: ignore[no-untyped-def]
+def submit(json: ScanCreate) -> ResponseReturnValue:
     """Queue a URL for a scan in a throw-away container; poll the status URL."""
     try:
         with session_scope() as session:
@@ -175,7 +176,7 @@ def submit(json: ScanCreate):  # type: ignore[no-untyped-def]
 @spec.validate(resp=Response(HTTP_200=ScanOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse, HTTP_503=ErrorResponse),
                tags=["scans"], security=BEARER)
 @require_api_key
-def get_scan(scan_id: str):  # type: ignore[no-untyped-def]
+def get_scan(scan_id: str) -> ResponseReturnValue:
     """A scan: its state, its result when COMPLETED, and the audit trail of every change."""
     with session_scope() as session:
         return scan_out(owned(session, ScanJob, scan_id, "scan"))
@@ -186,7 +187,7 @@ def get_scan(scan_id: str):  # type: ignore[no-untyped-def]
                                               HTTP_503=ErrorResponse),
                tags=["scans"], security=BEARER)
 @require_api_key
-def list_all(query: ScanQuery):  # type: ignore[no-untyped-def]
+def list_all(query: ScanQuery) -> ResponseReturnValue:
     """Scans, newest first, optionally only those in one state; paginated."""
     with session_scope() as session:
         rows, total = list_scans(session, state=query.state, limit=query.per_page,

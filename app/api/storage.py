@@ -10,6 +10,7 @@ import logging
 import os
 
 from flask import Blueprint, current_app, request
+from flask.typing import ResponseReturnValue
 from spectree import Response
 from werkzeug.utils import send_file
 from werkzeug.wrappers import Response as WerkzeugResponse
@@ -35,7 +36,7 @@ bp = Blueprint("storage", __name__)
     tags=["storage"],
     path_parameter_descriptions={"token": "Signed token from a download URL."},
 )
-def download(token: str):  # type: ignore[no-untyped-def]
+def download(token: str) -> ResponseReturnValue:
     """Stream a stored object to whoever holds an unexpired signed link.
 
     403 `link_expired` after the link's expiry, 403 `invalid_link` for a token not

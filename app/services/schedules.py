@@ -198,11 +198,11 @@ def create_tenant(session: Session, *, name: str, plan: str, trial_ends_at: date
     return tenant
 
 
-def missing_tenant(tenant_id: int) -> ScheduleInputError:
+def missing_tenant(tenant_id: int | str) -> ScheduleInputError:
     return ScheduleInputError(f"tenant {tenant_id} does not exist", ["tenant_id"])
 
 
-def missing_lead(lead_id: int, tenant_id: int) -> ScheduleInputError:
+def missing_lead(lead_id: int | str, tenant_id: int | str) -> ScheduleInputError:
     return ScheduleInputError(f"lead {lead_id} does not exist for tenant {tenant_id}", ["lead_id"])
 
 

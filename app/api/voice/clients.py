@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from flask import g, request, url_for
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from spectree import Response
 from spectree.model_adapter.pydantic_adapter import BaseFile
@@ -102,7 +103,7 @@ def _job_out(task: VoiceJob) -> dict[str, Any]:
 )
 @require_api_key
 @job_quota("voice")
-def submit(json: VoiceJson, form: VoiceForm):  # type: ignore[no-untyped-def]
+def submit(json: VoiceJson, form: VoiceForm) -> ResponseReturnValue:
     """Accept a call for scam scoring: multipart ``audio`` and/or ``transcript``, or JSON with a
     ``storage_key`` / ``audio_url`` and/or ``transcript``. 202 with the status URL."""
     settings = _settings()
@@ -175,7 +176,7 @@ def _parse_metadata(raw: str | None) -> dict[str, Any]:
 @spec.validate(resp=Response(HTTP_200=VoiceJobOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["voice"], security=BEARER)
 @require_api_key
-def get_task(task_id: str):  # type: ignore[no-untyped-def]
+def get_task(task_id: str) -> ResponseReturnValue:
     """Status of a voice task; the result when completed, the reason when failed."""
     with session_scope() as session:
         return _job_out(owned(session, VoiceJob, task_id, "voice task"))

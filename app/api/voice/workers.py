@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from functools import wraps
 from typing import Any, Literal
 
 from flask import g, request
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from spectree import Response
 
-from app.api.auth import AUTH_ATTR, _bearer, limited
+from app.api.auth import _bearer, limited, protected
 from app.api.errors import ApiError, ErrorResponse
 from app.api.jsonfields import BoundedExtras
 from app.api.spec import spec
@@ -20,7 +20,7 @@ from app import outbound
 from app.services.voice import jobs as voice_jobs, workers
 from app.storage import get_storage
 
-from app.api.voice import F, MAX_TRANSCRIPT_CHARS, WORKER, _settings, bp, logger
+from app.api.voice import MAX_TRANSCRIPT_CHARS, WORKER, _settings, bp, logger
 
 
 class VoiceResult(BoundedExtras):
@@ -59,20 +59,8 @@ def _check_worker() -> None:
         g.worker_holder = workers.holder_of(worker)
 
 
-def require_worker(view: F) -> F:
-    """Authenticate a remote worker by its bearer token (401 when unknown, revoked or expired).
-
-    Defined here rather than with ``protected``: spectree evaluates the view's string
-    annotations in the wrapper's module globals, which must be this module's.
-    """
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _check_worker()
-        return view(*args, **kwargs)
-
-    setattr(wrapper, AUTH_ATTR, _check_worker)
-    return wrapper  # type: ignore[return-value]
+#: Authenticate a remote worker by its bearer token (401 when unknown, revoked or expired).
+require_worker = protected(_check_worker)
 
 
 class WorkerTask(BaseModel):
@@ -150,7 +138,7 @@ def _conflict(exc: voice_jobs.NotHolder) -> ApiError:
 @spec.validate(resp=Response("HTTP_204", HTTP_200=WorkerTask, HTTP_401=ErrorResponse),
                tags=["voice workers"], security=WORKER)
 @require_worker
-def next_task():  # type: ignore[no-untyped-def]
+def next_task() -> ResponseReturnValue:
     """Claim the oldest pending task with a lease and return its payload; 204 when there is none."""
     settings = _settings()
     targets = settings.voice_remote_targets.split(",")
@@ -177,7 +165,7 @@ def next_task():  # type: ignore[no-untyped-def]
                                                 HTTP_404=ErrorResponse, HTTP_409=ErrorResponse),
                tags=["voice workers"], security=WORKER)
 @require_worker
-def update_status(task_id: str, json: StatusUpdate):  # type: ignore[no-untyped-def]
+def update_status(task_id: str, json: StatusUpdate) -> ResponseReturnValue:
     """Report progress on a held task (renews its lease); 409 if this worker does not hold it."""
     try:
         with session_scope() as session:
@@ -194,7 +182,7 @@ def update_status(task_id: str, json: StatusUpdate):  # type: ignore[no-untyped-
                                                HTTP_404=ErrorResponse, HTTP_409=ErrorResponse),
                tags=["voice workers"], security=WORKER)
 @require_worker
-def complete_task(task_id: str, json: VoiceResult):  # type: ignore[no-untyped-def]
+def complete_task(task_id: str, json: VoiceResult) -> ResponseReturnValue:
     """Record the result of a held task (validated: score and confidence in [0, 1], a known
     risk level, reasons a list of strings); 409 if this worker does not hold it."""
     result = json.model_dump(mode="json") | {"scored_by": g.worker_holder}
@@ -217,7 +205,7 @@ def complete_task(task_id: str, json: VoiceResult):  # type: ignore[no-untyped-d
                                               HTTP_404=ErrorResponse, HTTP_409=ErrorResponse),
                tags=["voice workers"], security=WORKER)
 @require_worker
-def fail_task(task_id: str, json: FailReport):  # type: ignore[no-untyped-def]
+def fail_task(task_id: str, json: FailReport) -> ResponseReturnValue:
     """Report that a held task could not be scored: it goes back to ``pending`` while attempts
     remain (VOICE_MAX_ATTEMPTS) and ``retryable`` is true, else it is ``failed``."""
     try:
@@ -237,7 +225,7 @@ def fail_task(task_id: str, json: FailReport):  # type: ignore[no-untyped-def]
 @spec.validate(json=Heartbeat, resp=Response(HTTP_200=HeartbeatAck, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse),
                tags=["voice workers"], security=WORKER)
 @require_worker
-def heartbeat(json: Heartbeat):  # type: ignore[no-untyped-def]
+def heartbeat(json: Heartbeat) -> ResponseReturnValue:
     """The worker is alive (sent at start — registration — and every 60 s)."""
     from app.models.base import utcnow
     from app.models.voice import RemoteWorker
