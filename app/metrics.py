@@ -234,6 +234,7 @@ def build_registry(with_state: bool) -> CollectorRegistry:
     multiprocess.MultiProcessCollector(registry, path=str(MULTIPROC_DIR))
     if with_state:
         registry.register(_state_collector())
+        registry.register(QueueDepthCollector())
     return registry
 
 
@@ -277,3 +278,70 @@ JOB_LAST_RUN = Gauge(
     "job_last_run_timestamp_seconds", "Unix time a scheduled job last finished a run (ok or failed).", ["job"],
     multiprocess_mode="max",
 )
+
+# --- operator console / autoscalers: queue depth with reserved messages (docs/console.md) ---
+
+
+class QueueDepthCollector:
+    """Per queue, at scrape time: ``celery_queue_waiting``, ``celery_queue_reserved``
+    (delivered to a worker, not acknowledged), ``celery_queue_depth`` (their sum: what an
+    autoscaler should scale on) and ``celery_queue_oldest_waiting_seconds`` (from the
+    outbox). Read through ``app.services.console.queues``, as the console's pages are."""
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from app.services.console import queues as console_queues
+        from app.settings import QUEUES
+
+        labels = ["queue"]
+        waiting = GaugeMetricFamily("celery_queue_waiting", "Messages ready in a broker queue.", labels=labels)
+        reserved = GaugeMetricFamily("celery_queue_reserved", "Messages of a queue delivered to workers and not "
+                                     "acknowledged yet (prefetched or running).", labels=labels)
+        depth = GaugeMetricFamily("celery_queue_depth", "Waiting plus reserved messages of a queue.", labels=labels)
+        oldest = GaugeMetricFamily("celery_queue_oldest_waiting_seconds", "Age of the oldest job published to a "
+                                   "queue that no worker has started (from the outbox).", labels=labels)
+        try:
+            app = _broker_app()
+            ready = console_queues.waiting_counts(app, QUEUES, get_settings().metrics_scrape_timeout)
+            held = console_queues.reserved_counts(app, QUEUES, get_settings().metrics_scrape_timeout)
+        except Exception as exc:
+            logger.warning("queue depth with reserved unavailable", extra={"error": str(exc)[:200]})
+            return
+        ages = _oldest_waiting()
+        for queue in QUEUES:
+            waiting.add_metric([queue], float(ready.get(queue, 0)))
+            reserved.add_metric([queue], float(held.get(queue, 0)))
+            depth.add_metric([queue], float(ready.get(queue, 0) + held.get(queue, 0)))
+            oldest.add_metric([queue], ages.get(queue, 0.0) if ready.get(queue) else 0.0)
+        yield from (waiting, reserved, depth, oldest)
+
+
+def _broker_app():  # type: ignore[no-untyped-def]
+    """The project's Celery app, or a bare one on BROKER_URL when the settings changed since
+    it was made (its control API and connections are all the collector uses)."""
+    from celery import Celery
+
+    from app.celery_app import celery_app
+
+    url = get_settings().celery_broker_url
+    if celery_app.conf.broker_url == url:
+        return celery_app
+    app = Celery(broker=url)
+    app.conf.broker_transport_options = dict(celery_app.conf.broker_transport_options or {})
+    return app
+
+
+def _oldest_waiting() -> dict[str, float]:
+    import celeryconfig
+
+    from app.db import session_scope
+    from app.services.console.queues import oldest_waiting
+
+    try:
+        with session_scope() as session:
+            return oldest_waiting(session, dict(celeryconfig.FAMILY_QUEUES))
+    except Exception as exc:
+        logger.warning("oldest waiting age unavailable", extra={"error": str(exc)[:200]})
+        return {}
