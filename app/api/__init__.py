@@ -16,7 +16,6 @@ from app.api.limits import init_app as init_limits
 from app.api.spec import JsonProvider, openapi_document, spec
 from app.settings import Settings, get_settings, set_settings
 
-
 #: One blueprint module per family, each exposing ``bp``.
 BLUEPRINTS = ("health", "admin", "storage", "messages", "dlq", "ocr", "scans", "voice", "files", "schedules", "console")
 
@@ -37,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json = JsonProvider(app)  # over-deep JSON is a 400, not a RecursionError
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False
     register_error_handlers(app)
 
     for name in BLUEPRINTS:
@@ -47,7 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     spec.register(app)
 
     @app.get("/openapi.json")
-    def openapi_json():  # type: ignore[no-untyped-def]
+    def openapi_json() -> Response:
         """The OpenAPI 3 document of every route."""
         return jsonify(openapi_document())
 
@@ -79,7 +78,7 @@ def _authenticate_first() -> None:
     rule = request.url_rule
     if rule is None or (request.method == "OPTIONS" and getattr(rule, "provide_automatic_options", False)):
         return
-    authenticate_route(current_app.view_functions.get(request.endpoint))
+    authenticate_route(current_app.view_functions.get(request.endpoint or ""))
 
 
 def _add_operations(app: Flask) -> None:
@@ -92,7 +91,7 @@ def _add_operations(app: Flask) -> None:
     instrument_flask(app)
 
     @app.get("/metrics")
-    def prometheus_metrics():  # type: ignore[no-untyped-def]
+    def prometheus_metrics() -> Response:
         """Prometheus text exposition (not part of the OpenAPI document); behind
         ``Authorization: Bearer <METRICS_TOKEN>`` when that is set."""
         from app.api.auth import check_metrics_token
@@ -102,7 +101,7 @@ def _add_operations(app: Flask) -> None:
         return Response(body, content_type=content_type)
 
     @app.after_request
-    def _trace_header(response):  # type: ignore[no-untyped-def]
+    def _trace_header(response: Response) -> Response:
         ids = current_ids()
         if ids is not None:
             response.headers["X-Trace-Id"] = ids[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from flask import Blueprint, g
 from pydantic import BaseModel, Field
@@ -10,8 +11,9 @@ from spectree import Response
 
 from app.api.auth import require_admin, require_api_key
 from app.api.errors import ApiError, ErrorResponse
-from app.api.spec import ADMIN, BEARER, spec
+from app.api.spec import ADMIN, BEARER, ViewResult, spec
 from app.db import session_scope
+from app.models.auth import ApiKey
 from app.services.auth import UnknownClient, create_api_key, list_api_keys, revoke_api_key
 
 bp = Blueprint("admin", __name__)
@@ -47,14 +49,14 @@ class Me(BaseModel):
     name: str
 
 
-def _out(key) -> dict:  # type: ignore[no-untyped-def]
+def _out(key: ApiKey) -> dict[str, Any]:
     return ApiKeyOut.model_validate(key, from_attributes=True).model_dump(mode="json")
 
 
 @bp.post("/api/admin/api-keys")
 @spec.validate(json=ApiKeyCreate, resp=Response(HTTP_201=ApiKeyCreated, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse), tags=["admin"], security=ADMIN)
 @require_admin
-def create_key(json: ApiKeyCreate):  # type: ignore[no-untyped-def]
+def create_key(json: ApiKeyCreate) -> ViewResult:
     """Create an API key: for a new client, or with `client_id` for an existing one."""
     with session_scope() as session:
         try:
@@ -69,7 +71,7 @@ def create_key(json: ApiKeyCreate):  # type: ignore[no-untyped-def]
 @bp.get("/api/admin/api-keys")
 @spec.validate(resp=Response(HTTP_200=ApiKeyList, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse), tags=["admin"], security=ADMIN)
 @require_admin
-def list_keys():  # type: ignore[no-untyped-def]
+def list_keys() -> ViewResult:
     """List client API keys (never their secrets)."""
     with session_scope() as session:
         return {"items": [_out(k) for k in list_api_keys(session)]}
@@ -78,7 +80,7 @@ def list_keys():  # type: ignore[no-untyped-def]
 @bp.delete("/api/admin/api-keys/<int(max=2147483647):key_id>")  # api_keys.id is a 32-bit integer
 @spec.validate(resp=Response("HTTP_204", HTTP_401=ErrorResponse, HTTP_403=ErrorResponse, HTTP_404=ErrorResponse), tags=["admin"], security=ADMIN)
 @require_admin
-def revoke_key(key_id: int):  # type: ignore[no-untyped-def]
+def revoke_key(key_id: int) -> ViewResult:
     """Revoke a client API key; it stops working at once."""
     with session_scope() as session:
         if not revoke_api_key(session, key_id):
@@ -89,6 +91,6 @@ def revoke_key(key_id: int):  # type: ignore[no-untyped-def]
 @bp.get("/api/me")
 @spec.validate(resp=Response(HTTP_200=Me, HTTP_401=ErrorResponse), tags=["auth"], security=BEARER)
 @require_api_key
-def me():  # type: ignore[no-untyped-def]
+def me() -> ViewResult:
     """The API key the request authenticated with."""
     return {"api_key_id": g.api_key_id, "client_id": g.client_id, "name": g.api_key_name}

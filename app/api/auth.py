@@ -17,6 +17,7 @@ from flask import current_app, g, request
 
 from app.api.errors import ApiError
 from app.api.limits import check_rate_limit
+from app.api.spec import guarded
 from app.db import session_scope
 from app.services.auth import verify_api_key
 from app.services.ratelimit import FailureLimiter
@@ -41,13 +42,9 @@ def protected(authenticate: Callable[[], None]) -> Callable[[F], F]:
     """Decorator factory: run ``authenticate()`` (raising ``ApiError``) before the view."""
 
     def decorator(view: F) -> F:
-        @wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            authenticate()
-            return view(*args, **kwargs)
-
+        wrapper = guarded(view, authenticate)
         setattr(wrapper, AUTH_ATTR, authenticate)
-        return wrapper  # type: ignore[return-value]
+        return wrapper
 
     return decorator
 

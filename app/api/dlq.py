@@ -8,14 +8,13 @@ from datetime import datetime
 from typing import Literal
 
 from flask import Blueprint
-from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, Field
 from spectree import Response
 
 from app.api.auth import require_admin, require_api_key
-from app.api.ownership import not_found, owned, owner_clause
 from app.api.errors import ApiError, ErrorResponse
-from app.api.spec import ADMIN, BEARER, spec
+from app.api.ownership import not_found, owned, owner_clause
+from app.api.spec import ADMIN, BEARER, ViewResult, spec
 from app.db import session_scope
 from app.models.messages import DeadLetter
 from app.services import outbox as outbox_service
@@ -88,7 +87,7 @@ class OutboxPage(BaseModel):
 @spec.validate(query=DlqQuery, resp=Response(HTTP_200=DeadLetterPage, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse),
                tags=["dlq"], security=BEARER)
 @require_api_key
-def list_dlq(query: DlqQuery) -> ResponseReturnValue:
+def list_dlq(query: DlqQuery) -> ViewResult:
     """Dead letters, newest first, filtered by channel, error and replay state."""
     with session_scope() as session:
         rows, total = list_dead_letters(
@@ -104,14 +103,15 @@ def list_dlq(query: DlqQuery) -> ResponseReturnValue:
 @spec.validate(resp=Response(HTTP_202=Replayed, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse, HTTP_404=ErrorResponse, HTTP_409=ErrorResponse),
                tags=["dlq"], security=BEARER)
 @require_api_key
-def replay(dead_letter_id: int) -> ResponseReturnValue:
+def replay(dead_letter_id: int) -> ViewResult:
     """Send the dead letter's channel again, through the outbox."""
     try:
         with session_scope() as session:
             owned(session, DeadLetter, dead_letter_id, "dead letter", lock=True)
             dl = replay_dead_letter(session, dead_letter_id)
             ref = dl.message_ref
-            body = {"id": dl.id, "message_id": ref, "replayed_at": dl.replayed_at.isoformat()}
+            replayed_at = dl.replayed_at.isoformat() if dl.replayed_at else None
+            body = {"id": dl.id, "message_id": ref, "replayed_at": replayed_at}
     except LookupError:
         raise not_found("dead letter", dead_letter_id) from None
     except NotReplayable as exc:
@@ -124,7 +124,7 @@ def replay(dead_letter_id: int) -> ResponseReturnValue:
 @spec.validate(query=OutboxQuery, resp=Response(HTTP_200=OutboxPage, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse),
                tags=["outbox"], security=ADMIN)
 @require_admin
-def list_outbox(query: OutboxQuery) -> ResponseReturnValue:
+def list_outbox(query: OutboxQuery) -> ViewResult:
     """Outbox events: dead ones (default), pending ones, or all."""
     with session_scope() as session:
         rows = outbox_service.list_events(
@@ -141,7 +141,7 @@ def list_outbox(query: OutboxQuery) -> ResponseReturnValue:
 @spec.validate(resp=Response(HTTP_202=OutboxEventOut, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse, HTTP_404=ErrorResponse, HTTP_409=ErrorResponse),
                tags=["outbox"], security=ADMIN)
 @require_admin
-def replay_outbox(event_id: int) -> ResponseReturnValue:
+def replay_outbox(event_id: int) -> ViewResult:
     """Give a dead outbox event fresh attempts."""
     try:
         with session_scope() as session:

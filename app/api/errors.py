@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
@@ -38,7 +38,7 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def error_response(status: int, code: str, message: str, details: Any = None):  # type: ignore[no-untyped-def]
+def error_response(status: int, code: str, message: str, details: Any = None) -> Response:
     resp = jsonify({"error": {"code": code, "message": message, "details": details}})
     resp.status_code = status
     return resp
@@ -50,13 +50,13 @@ def _code_for(exc: HTTPException) -> str:
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):  # type: ignore[no-untyped-def]
+    def _api_error(exc: ApiError) -> Response:
         resp = error_response(exc.status, exc.code, exc.message, exc.details)
         resp.headers.update(exc.headers)
         return resp
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+    def _http_error(exc: HTTPException) -> Response:
         resp = error_response(exc.code or 500, _code_for(exc), exc.description or exc.name)
         if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             resp.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
@@ -64,7 +64,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)
-    def _database_unavailable(exc: Exception):  # type: ignore[no-untyped-def]
+    def _database_unavailable(exc: Exception) -> Response:
         # The database went away (a restart, a failover): nothing was accepted, and the
         # client is told to try again rather than handed a bare 500.
         logger.warning("database unavailable", extra={"error": str(exc)[:200]})
@@ -73,6 +73,6 @@ def register_error_handlers(app: Flask) -> None:
         return resp
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+    def _unexpected(exc: Exception) -> Response:
         logger.exception("unhandled error")
         return error_response(500, "internal_error", "internal server error")

@@ -12,14 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from flask import Blueprint, current_app, g, request, url_for
-from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, Field
 from spectree import Response
 
 from app.api.auth import require_api_key
 from app.api.errors import ApiError, ErrorResponse
 from app.api.ownership import owned, owner
-from app.api.spec import BEARER, spec
+from app.api.spec import BEARER, ViewResult, spec
 from app.db import session_scope
 from app.models.files import COMPLETED, File
 from app.services.files import (
@@ -148,7 +147,7 @@ def file_out(session, storage, file: File) -> dict:  # type: ignore[no-untyped-d
     tags=["files"], security=BEARER,
 )
 @require_api_key
-def create(json: FileCreate) -> ResponseReturnValue:
+def create(json: FileCreate) -> ViewResult:
     """Start a chunked upload: the answer says how to cut the file and where each chunk goes."""
     settings = current_app.config["SETTINGS"]
     storage = _storage()
@@ -186,7 +185,7 @@ def create(json: FileCreate) -> ResponseReturnValue:
     path_parameter_descriptions={"file_id": "The upload's id.", "index": "Chunk number, from 0."},
 )
 @require_api_key
-def put_chunk(file_id: str, index: int) -> ResponseReturnValue:
+def put_chunk(file_id: str, index: int) -> ViewResult:
     """Store one chunk (the raw request body); sending a chunk again replaces it.
 
     The body must be exactly the chunk's size (400 `wrong_chunk_size`); an optional
@@ -214,7 +213,7 @@ def put_chunk(file_id: str, index: int) -> ResponseReturnValue:
     tags=["files"], security=BEARER, path_parameter_descriptions={"file_id": "The upload's id."},
 )
 @require_api_key
-def complete(file_id: str) -> ResponseReturnValue:
+def complete(file_id: str) -> ViewResult:
     """Every chunk is sent: merge them (asynchronously). 409 `chunks_missing` lists what is not there."""
     try:
         with session_scope() as session:
@@ -233,7 +232,7 @@ def complete(file_id: str) -> ResponseReturnValue:
     tags=["files"], security=BEARER, path_parameter_descriptions={"file_id": "The upload's id."},
 )
 @require_api_key
-def get_status(file_id: str) -> ResponseReturnValue:
+def get_status(file_id: str) -> ViewResult:
     """Status, chunks received, and a presigned download URL once `COMPLETED`."""
     storage = _storage()
     try:

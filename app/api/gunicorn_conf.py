@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import multiprocess
+
 import app.metrics  # noqa: F401  (first: chooses the multiprocess directory in the master)
-from prometheus_client import multiprocess  # noqa: E402
 
 
 def child_exit(_server: Any, worker: Any) -> None:

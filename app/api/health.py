@@ -15,7 +15,7 @@ from spectree import Response
 
 from app.api.auth import check_operator_token
 from app.api.errors import ErrorResponse
-from app.api.spec import spec
+from app.api.spec import ViewResult, spec
 from app.services.health import CachedHealth, default_checks
 
 bp = Blueprint("health", __name__)
@@ -47,7 +47,7 @@ def _cache() -> CachedHealth:
 @bp.get("/health")
 @spec.validate(resp=Response(HTTP_200=HealthResponse, HTTP_503=HealthResponse, HTTP_401=ErrorResponse,
                              HTTP_429=ErrorResponse), tags=["health"])
-def health():  # type: ignore[no-untyped-def]
+def health() -> ViewResult:
     """The overall status; every dependency's status and latency with ADMIN_TOKEN or METRICS_TOKEN."""
     detailed = "Authorization" in request.headers
     if detailed:

@@ -64,7 +64,7 @@ class BoundedExtras(BaseModel):
     __pydantic_extra__: dict[str, BoundedJson]
 
     @model_validator(mode="after")
-    def _bound_extras_together(self):  # type: ignore[no-untyped-def]
+    def _bound_extras_together(self) -> BoundedExtras:
         if self.model_extra:
             try:
                 check_bounded(self.model_extra)

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import wraps
 from typing import Any, TypeVar
 
 import redis
@@ -41,6 +40,7 @@ from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
 from app.api.ownership import owner
+from app.api.spec import guarded
 from app.db import session_scope
 from app.services.quotas import FAMILIES, unfinished_jobs
 
@@ -183,13 +183,11 @@ def job_quota(family: str) -> Callable[[F], F]:
     if family not in FAMILIES:
         raise ValueError(f"no job quota for {family!r}; families: {', '.join(FAMILIES)}")
 
-    def decorator(view: F) -> F:
-        @wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with session_scope() as session:
-                check_job_quota(session, family)
-            return view(*args, **kwargs)
+    def check() -> None:
+        with session_scope() as session:
+            check_job_quota(session, family)
 
-        return wrapper  # type: ignore[return-value]
+    def decorator(view: F) -> F:
+        return guarded(view, check)
 
     return decorator

@@ -8,16 +8,15 @@ from datetime import datetime
 from typing import Literal
 
 from flask import Blueprint, current_app, url_for
-from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, Field, field_validator
 from spectree import Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app.api.auth import require_api_key
-from app.api.ownership import is_admin, not_found, owner, scoped
 from app.api.errors import ApiError, ErrorResponse
-from app.api.spec import BEARER, spec
+from app.api.ownership import is_admin, not_found, owner, scoped
+from app.api.spec import BEARER, ViewResult, spec
 from app.db import session_scope
 from app.models.messages import Message
 from app.services.messages import SYSTEM_ID_PREFIX, MessageConflict, submit_message
@@ -102,7 +101,7 @@ def message_out(message: Message) -> dict:
     tags=["messages"], security=BEARER,
 )
 @require_api_key
-def submit(json: MessageCreate) -> ResponseReturnValue:
+def submit(json: MessageCreate) -> ViewResult:
     """Accept a message for WhatsApp, Instagram or both; it is routed asynchronously."""
     limit = current_app.config["SETTINGS"].message_max_length
     if len(json.content) > limit:
@@ -136,7 +135,7 @@ def submit(json: MessageCreate) -> ResponseReturnValue:
 @spec.validate(resp=Response(HTTP_200=MessageOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["messages"], security=BEARER)
 @require_api_key
-def get_message(message_id: str) -> ResponseReturnValue:
+def get_message(message_id: str) -> ViewResult:
     """A message of the caller's by its id, its per-channel deliveries and its status history
     (the admin credential also finds the messages the system sends by their internal id)."""
     with session_scope() as session:

@@ -11,16 +11,15 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
-from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field
 from spectree import Response
 from spectree.model_adapter.pydantic_adapter import BaseFile
 
 from app.api.auth import require_api_key
-from app.api.ownership import not_found, owned, owner
-from app.api.limits import job_quota
 from app.api.errors import ApiError, ErrorResponse
-from app.api.spec import BEARER, spec
+from app.api.limits import job_quota
+from app.api.ownership import not_found, owned, owner
+from app.api.spec import BEARER, ViewResult, spec
 from app.db import session_scope
 from app.models.ocr import Upload
 from app.services.ocr import (
@@ -143,7 +142,7 @@ def _too_large(size: int, limit: int) -> ApiError:
 )
 @require_api_key
 @job_quota("ocr")
-def create(json: DirectUploadRequest, form: UploadForm) -> ResponseReturnValue:
+def create(json: DirectUploadRequest, form: UploadForm) -> ViewResult:
     """Upload a scorecard (multipart ``file``), or start a direct upload to S3 (JSON ``filename``).
 
     Multipart: the file is stored and 201 returned with its id; call ``complete`` to OCR it.
@@ -187,7 +186,7 @@ def create(json: DirectUploadRequest, form: UploadForm) -> ResponseReturnValue:
     tags=["ocr"], security=BEARER,
 )
 @require_api_key
-def complete(upload_id: str) -> ResponseReturnValue:
+def complete(upload_id: str) -> ViewResult:
     """Queue the upload for OCR; 202 with the status URL. Calling it again queues nothing more."""
     storage = get_storage(current_app.config["SETTINGS"])
     try:
@@ -210,7 +209,7 @@ def complete(upload_id: str) -> ResponseReturnValue:
                              HTTP_503=ErrorResponse),
                tags=["ocr"], security=BEARER)
 @require_api_key
-def upload_status(upload_id: str) -> ResponseReturnValue:
+def upload_status(upload_id: str) -> ViewResult:
     """Status, progress (pages done of total), the parsed preview when ready, the reason when failed."""
     with session_scope() as session:
         upload = owned(session, Upload, upload_id, "upload")

@@ -10,15 +10,14 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, current_app, url_for
-from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, Field, field_validator
 from spectree import Response
 
 from app.api.auth import require_api_key
-from app.api.ownership import owned, owner, owner_clause
-from app.api.limits import job_quota
 from app.api.errors import ApiError, ErrorResponse
-from app.api.spec import BEARER, spec
+from app.api.limits import job_quota
+from app.api.ownership import owned, owner, owner_clause
+from app.api.spec import BEARER, ViewResult, spec
 from app.db import session_scope
 from app.models.scans import STATES, ScanJob
 from app.services.scans import MAX_URL_LENGTH, InvalidScanUrl, list_scans, submit_scan
@@ -159,7 +158,7 @@ def scan_out(job: ScanJob) -> dict[str, Any]:
                tags=["scans"], security=BEARER)
 @require_api_key
 @job_quota("scans")
-def submit(json: ScanCreate) -> ResponseReturnValue:
+def submit(json: ScanCreate) -> ViewResult:
     """Queue a URL for a scan in a throw-away container; poll the status URL."""
     try:
         with session_scope() as session:
@@ -176,7 +175,7 @@ def submit(json: ScanCreate) -> ResponseReturnValue:
 @spec.validate(resp=Response(HTTP_200=ScanOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse, HTTP_503=ErrorResponse),
                tags=["scans"], security=BEARER)
 @require_api_key
-def get_scan(scan_id: str) -> ResponseReturnValue:
+def get_scan(scan_id: str) -> ViewResult:
     """A scan: its state, its result when COMPLETED, and the audit trail of every change."""
     with session_scope() as session:
         return scan_out(owned(session, ScanJob, scan_id, "scan"))
@@ -187,7 +186,7 @@ def get_scan(scan_id: str) -> ResponseReturnValue:
                                               HTTP_503=ErrorResponse),
                tags=["scans"], security=BEARER)
 @require_api_key
-def list_all(query: ScanQuery) -> ResponseReturnValue:
+def list_all(query: ScanQuery) -> ViewResult:
     """Scans, newest first, optionally only those in one state; paginated."""
     with session_scope() as session:
         rows, total = list_scans(session, state=query.state, limit=query.per_page,

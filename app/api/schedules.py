@@ -14,11 +14,12 @@ from typing import Any, Literal
 from flask import Blueprint
 from pydantic import BaseModel, Field, field_validator
 from spectree import Response
+from sqlalchemy.orm import Session
 
 from app.api.auth import require_admin, require_api_key
-from app.api.ownership import owned, owner, referenced
 from app.api.errors import ApiError, ErrorResponse
-from app.api.spec import ADMIN, BEARER, spec
+from app.api.ownership import owned, owner, referenced
+from app.api.spec import ADMIN, BEARER, ViewResult, spec
 from app.db import session_scope
 from app.models.schedules import CallRequest, Campaign, Lead, Tenant
 from app.services import schedules as svc
@@ -172,7 +173,7 @@ def _out(model: type[BaseModel], row: Any, **extra: Any) -> dict:
     return model.model_validate(fields).model_dump(mode="json")
 
 
-def _campaign_out(session, campaign: Campaign) -> dict:  # type: ignore[no-untyped-def]
+def _campaign_out(session: Session, campaign: Campaign) -> dict[str, Any]:
     from sqlalchemy import select
 
     from app.models.schedules import CampaignRecipient
@@ -187,7 +188,7 @@ def _campaign_out(session, campaign: Campaign) -> dict:  # type: ignore[no-untyp
 @spec.validate(json=TenantCreate, resp=Response(HTTP_201=TenantOut, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
-def create_tenant(json: TenantCreate):  # type: ignore[no-untyped-def]
+def create_tenant(json: TenantCreate) -> ViewResult:
     """Create a tenant with its IANA timezone and business hours."""
     try:
         with session_scope() as session:
@@ -202,7 +203,7 @@ def create_tenant(json: TenantCreate):  # type: ignore[no-untyped-def]
 @spec.validate(resp=Response(HTTP_200=TenantOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
-def get_tenant(tenant_id: str):  # type: ignore[no-untyped-def]
+def get_tenant(tenant_id: str) -> ViewResult:
     """A tenant and its status (`active` or `suspended`)."""
     with session_scope() as session:
         return _out(TenantOut, owned(session, Tenant, tenant_id, "tenant", by=Tenant.public_id))
@@ -212,7 +213,7 @@ def get_tenant(tenant_id: str):  # type: ignore[no-untyped-def]
 @spec.validate(json=LeadCreate, resp=Response(HTTP_201=LeadOut, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
-def create_lead(json: LeadCreate):  # type: ignore[no-untyped-def]
+def create_lead(json: LeadCreate) -> ViewResult:
     """Create a lead; ``next_reminder_at`` schedules its first reminder email."""
     try:
         with session_scope() as session:
@@ -229,7 +230,7 @@ def create_lead(json: LeadCreate):  # type: ignore[no-untyped-def]
 @spec.validate(resp=Response(HTTP_200=LeadOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
-def get_lead(lead_id: str):  # type: ignore[no-untyped-def]
+def get_lead(lead_id: str) -> ViewResult:
     """A lead, its next reminder time and the reminders sent."""
     with session_scope() as session:
         return _out(LeadOut, owned(session, Lead, lead_id, "lead", by=Lead.public_id))
@@ -240,7 +241,7 @@ def get_lead(lead_id: str):  # type: ignore[no-untyped-def]
                resp=Response(HTTP_201=CampaignOut, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
-def create_campaign(json: CampaignCreate):  # type: ignore[no-untyped-def]
+def create_campaign(json: CampaignCreate) -> ViewResult:
     """Schedule a campaign; the dispatcher sends it in batches once ``scheduled_at`` has passed."""
     from app.models.base import utcnow
 
@@ -260,7 +261,7 @@ def create_campaign(json: CampaignCreate):  # type: ignore[no-untyped-def]
 @spec.validate(resp=Response(HTTP_200=CampaignOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
-def get_campaign(campaign_id: str):  # type: ignore[no-untyped-def]
+def get_campaign(campaign_id: str) -> ViewResult:
     """A campaign's status and counters, with the skipped or failed recipients and why."""
     with session_scope() as session:
         return _campaign_out(session, owned(session, Campaign, campaign_id, "campaign", by=Campaign.public_id))
@@ -270,7 +271,7 @@ def get_campaign(campaign_id: str):  # type: ignore[no-untyped-def]
 @spec.validate(json=CallCreate, resp=Response(HTTP_201=CallOut, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
-def create_call(json: CallCreate):  # type: ignore[no-untyped-def]
+def create_call(json: CallCreate) -> ViewResult:
     """Queue a call to a lead; it is dialled when due and inside the tenant's business hours."""
     from app.models.base import utcnow
 
@@ -293,7 +294,7 @@ def create_call(json: CallCreate):  # type: ignore[no-untyped-def]
 @spec.validate(resp=Response(HTTP_200=CallOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["schedules"], security=BEARER)
 @require_api_key
-def get_call(call_id: str):  # type: ignore[no-untyped-def]
+def get_call(call_id: str) -> ViewResult:
     """A call request's status, attempts and provider call id."""
     with session_scope() as session:
         return _out(CallOut, owned(session, CallRequest, call_id, "call", by=CallRequest.public_id))
@@ -319,7 +320,7 @@ def _next_run(name: str) -> datetime | None:
 @spec.validate(resp=Response(HTTP_200=JobStatusList, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse),
                tags=["schedules"], security=ADMIN)
 @require_admin
-def job_status():  # type: ignore[no-untyped-def]
+def job_status() -> ViewResult:
     """Per scheduled job (admin: the jobs serve every client): last run (start, duration,
     outcome, counts), next run, and totals."""
     import celeryconfig

@@ -7,21 +7,61 @@ document from those very models, so the document cannot drift from what is enfor
 from __future__ import annotations
 
 import copy
-from typing import Any
+import inspect
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeAlias, TypeVar, get_type_hints
 
 from flask.json.provider import DefaultJSONProvider
 from spectree import SecurityScheme, SpecTree
-from spectree.models import SecuritySchemeData
+from spectree.models import SecureType, SecuritySchemeData
+from werkzeug.wrappers import Response
 
 from app.api.errors import ApiError
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def _validation_error_to_api_error(req, resp, req_validation_error, instance, model_adapter):  # type: ignore[no-untyped-def]
+_Body: TypeAlias = Response | str | dict[str, Any]
+#: What a view returns: a body, with a status and headers. A concrete spelling of Flask's
+#: ``ResponseReturnValue``, which names its parts lazily, so spectree (which resolves a
+#: view's annotations at request time) could not read it.
+ViewResult: TypeAlias = _Body | tuple[_Body, int] | tuple[_Body, int, dict[str, str]]
+
+
+def guarded(view: F, check: Callable[[], None]) -> F:
+    """``view`` with ``check()`` (which raises ``ApiError``) run before it: the one view
+    wrapper of the API (authentication, quotas).
+
+    The view's annotations are resolved here, against the view's own module: spectree reads
+    them from the outermost wrapper, and would otherwise look the names of the request
+    models and the return type up in the module that defined the wrapper.
+    """
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        check()
+        return view(*args, **kwargs)
+
+    wrapper.__annotations__ = _parameter_hints(view)
+    return wrapper  # type: ignore[return-value]
+
+
+def _parameter_hints(view: Callable[..., Any]) -> dict[str, Any]:
+    """The view's parameter annotations, resolved in its own module (the return type is
+    left out: it is for the type checker, and Flask's names its parts lazily)."""
+    def proxy() -> None: ...
+
+    proxy.__annotations__ = {name: hint for name, hint in view.__annotations__.items() if name != "return"}
+    return get_type_hints(proxy, globalns=inspect.unwrap(view).__globals__)
+
+
+def _validation_error_to_api_error(req: Any, resp: Any, req_validation_error: Any, instance: Any,
+                                   model_adapter: Any) -> None:
     from flask import current_app, request
 
     from app.api.auth import authenticate_route
 
-    view = current_app.view_functions.get(request.endpoint)
+    view = current_app.view_functions.get(request.endpoint or "")
     if req_validation_error is not None:
         # Authenticate before saying anything about the request's shape.
         authenticate_route(view)
@@ -53,7 +93,7 @@ class JsonProvider(DefaultJSONProvider):
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
-def _check_json_body(view) -> None:  # type: ignore[no-untyped-def]
+def _check_json_body(view: Callable[..., Any] | None) -> None:
     """Refuse what spectree lets through on a JSON route: it reads the body with
     ``get_json(silent=True) or {}``, so a body that is not JSON (wrong content type or
     malformed) or not an object (``[]``, ``null``) would be validated as ``{}`` and a
@@ -63,7 +103,7 @@ def _check_json_body(view) -> None:  # type: ignore[no-untyped-def]
     from app.api.auth import authenticate_route
 
     metadata = spec.get_function_metadata(view) if view is not None else None
-    if metadata is None or metadata.json is None or not request.content_length and not request.data:
+    if metadata is None or metadata.json is None or (not request.content_length and not request.data):
         return
     if metadata.form is not None and request.mimetype in _FORM_TYPES:
         return
@@ -99,7 +139,7 @@ def _nul_at(value: Any, loc: list[Any]) -> list[Any] | None:
     return None
 
 
-def _check_no_nul(view) -> None:  # type: ignore[no-untyped-def]
+def _check_no_nul(view: Callable[..., Any] | None) -> None:
     """Refuse a NUL character in a path segment, query value, form field or JSON string:
     PostgreSQL cannot store one in text, so it would fail the insert with a 500."""
     from flask import request
@@ -124,8 +164,8 @@ def _check_no_nul(view) -> None:  # type: ignore[no-untyped-def]
                            [{"loc": loc, "msg": "NUL characters are not allowed", "type": "string_nul"}])
 
 
-BEARER = {"bearer": []}
-ADMIN = {"admin": []}
+BEARER: dict[str, list[str]] = {"bearer": []}
+ADMIN: dict[str, list[str]] = {"admin": []}
 
 spec = SpecTree(
     "flask",
@@ -139,8 +179,8 @@ spec = SpecTree(
     # /metrics are not JSON API operations and would be documented without responses.
     mode="strict",
     security_schemes=[
-        SecurityScheme(name="bearer", data=SecuritySchemeData(type="http", scheme="bearer", description="Client API key")),
-        SecurityScheme(name="admin", data=SecuritySchemeData(type="http", scheme="bearer", description="ADMIN_TOKEN")),
+        SecurityScheme(name="bearer", data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer", description="Client API key")),
+        SecurityScheme(name="admin", data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer", description="ADMIN_TOKEN")),
     ],
 )
 

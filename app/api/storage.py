@@ -10,13 +10,12 @@ import logging
 import os
 
 from flask import Blueprint, current_app, request
-from flask.typing import ResponseReturnValue
 from spectree import Response
 from werkzeug.utils import send_file
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from app.api.errors import ApiError, ErrorResponse
-from app.api.spec import spec
+from app.api.spec import ViewResult, spec
 from app.storage import StorageKeyNotFound, StorageTokenExpired, StorageTokenInvalid, get_storage, guess_content_type
 
 logger = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ bp = Blueprint("storage", __name__)
     tags=["storage"],
     path_parameter_descriptions={"token": "Signed token from a download URL."},
 )
-def download(token: str) -> ResponseReturnValue:
+def download(token: str) -> ViewResult:
     """Stream a stored object to whoever holds an unexpired signed link.
 
     403 `link_expired` after the link's expiry, 403 `invalid_link` for a token not

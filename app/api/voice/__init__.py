@@ -13,7 +13,6 @@ The one blueprint ``voice`` is defined here; each module adds its routes to it.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, TypeVar
 
 from flask import Blueprint, current_app, request
 
@@ -21,12 +20,9 @@ from app.api.errors import ApiError
 from app.api.spec import BEARER
 from app.settings import Settings
 
-
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("voice", __name__, template_folder="templates")
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 MAX_TRANSCRIPT_CHARS = 20_000
 MAX_METADATA_BYTES = 16 * 1024

@@ -6,16 +6,16 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, request, url_for
+from itsdangerous import URLSafeTimedSerializer
 from pydantic import BaseModel, Field
 from spectree import Response
 
 from app.api.auth import require_admin
 from app.api.errors import ApiError, ErrorResponse
-from app.api.spec import ADMIN, spec
+from app.api.spec import ADMIN, ViewResult, spec
+from app.api.voice import _settings, bp
 from app.db import session_scope
 from app.services.voice import workers
-
-from app.api.voice import _settings, bp
 
 
 class WorkerCreate(BaseModel):
@@ -59,7 +59,7 @@ def worker_out(view: workers.WorkerView) -> dict[str, Any]:
                                                 HTTP_401=ErrorResponse, HTTP_403=ErrorResponse),
                tags=["voice workers"], security=ADMIN)
 @require_admin
-def create_worker(json: WorkerCreate):  # type: ignore[no-untyped-def]
+def create_worker(json: WorkerCreate) -> ViewResult:
     """Create a remote worker; the answer carries its token, shown this once."""
     settings = _settings()
     with session_scope() as session:
@@ -73,7 +73,7 @@ def create_worker(json: WorkerCreate):  # type: ignore[no-untyped-def]
 @spec.validate(resp=Response(HTTP_200=WorkerList, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse),
                tags=["voice workers"], security=ADMIN)
 @require_admin
-def list_workers():  # type: ignore[no-untyped-def]
+def list_workers() -> ViewResult:
     """Every remote worker: active or not, tasks processed, last active."""
     with session_scope() as session:
         views = workers.list_workers(session, _settings().voice_worker_active_seconds)
@@ -85,7 +85,7 @@ def list_workers():  # type: ignore[no-untyped-def]
 @spec.validate(resp=Response("HTTP_204", HTTP_401=ErrorResponse, HTTP_403=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["voice workers"], security=ADMIN)
 @require_admin
-def revoke_worker(worker_id: str):  # type: ignore[no-untyped-def]
+def revoke_worker(worker_id: str) -> ViewResult:
     """Revoke a worker's token: its next call gets 401."""
     with session_scope() as session:
         if workers.revoke_worker(session, worker_id) is None:
@@ -105,9 +105,7 @@ _COOKIE = "workers_admin"
 _COOKIE_MAX_AGE = 8 * 3600
 
 
-def _page_serializer():  # type: ignore[no-untyped-def]
-    from itsdangerous import URLSafeTimedSerializer
-
+def _page_serializer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(_settings().signing_key(), salt="voice.workers-admin")
 
 
@@ -145,7 +143,7 @@ def _check_csrf(cookie: str) -> None:
         raise ApiError(400, "csrf_failed", "the form has expired; reload the page and try again")
 
 
-def _render_page(cookie: str, status: int = 200, **context: Any):  # type: ignore[no-untyped-def]
+def _render_page(cookie: str, status: int = 200, **context: Any) -> tuple[str, int]:
     from flask import render_template
 
     with session_scope() as session:
@@ -155,7 +153,7 @@ def _render_page(cookie: str, status: int = 200, **context: Any):  # type: ignor
                            csrf=_csrf_for(cookie), **context), status
 
 
-def _render_login(status: int = 200, error: str | None = None):  # type: ignore[no-untyped-def]
+def _render_login(status: int = 200, error: str | None = None) -> tuple[str, int]:
     from flask import render_template
 
     disabled = not _settings().admin_token.get_secret_value()
@@ -163,7 +161,7 @@ def _render_login(status: int = 200, error: str | None = None):  # type: ignore[
 
 
 @page.get("/admin/workers")
-def workers_page():  # type: ignore[no-untyped-def]
+def workers_page() -> ViewResult:
     """The Workers admin page: list, add (token shown once), revoke."""
     cookie = _page_session()
     if cookie is None:
@@ -172,7 +170,7 @@ def workers_page():  # type: ignore[no-untyped-def]
 
 
 @page.post("/admin/login")
-def workers_login():  # type: ignore[no-untyped-def]
+def workers_login() -> ViewResult:
     """Check ADMIN_TOKEN from the form and start a page session."""
     import hmac
 
@@ -199,7 +197,7 @@ def workers_login():  # type: ignore[no-untyped-def]
 
 
 @page.post("/admin/logout")
-def workers_logout():  # type: ignore[no-untyped-def]
+def workers_logout() -> ViewResult:
     """End the page session."""
     from flask import redirect
 
@@ -209,7 +207,7 @@ def workers_logout():  # type: ignore[no-untyped-def]
 
 
 @page.post("/admin/workers")
-def workers_page_add():  # type: ignore[no-untyped-def]
+def workers_page_add() -> ViewResult:
     """Create a worker and show its token in this response only (a reload does not show it)."""
     cookie = _page_session()
     if cookie is None:
@@ -226,7 +224,7 @@ def workers_page_add():  # type: ignore[no-untyped-def]
 
 
 @page.post("/admin/workers/<worker_id>/revoke")
-def workers_page_revoke(worker_id: str):  # type: ignore[no-untyped-def]
+def workers_page_revoke(worker_id: str) -> ViewResult:
     """Revoke a worker, then show the list again."""
     from flask import redirect
 

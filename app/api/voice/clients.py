@@ -7,23 +7,21 @@ from datetime import datetime
 from typing import Any, Literal
 
 from flask import g, request, url_for
-from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from spectree import Response
 from spectree.model_adapter.pydantic_adapter import BaseFile
 
 from app.api.auth import require_api_key
-from app.api.ownership import owned, owner
-from app.api.limits import job_quota
 from app.api.errors import ApiError, ErrorResponse
 from app.api.jsonfields import BoundedObject, check_bounded
-from app.api.spec import BEARER, spec
+from app.api.limits import job_quota
+from app.api.ownership import owned, owner
+from app.api.spec import BEARER, ViewResult, spec
+from app.api.voice import MAX_METADATA_BYTES, MAX_TRANSCRIPT_CHARS, _bad, _settings, bp
 from app.db import session_scope
 from app.models.voice import VoiceJob
 from app.services.voice import jobs as voice_jobs
 from app.storage import get_storage
-
-from app.api.voice import MAX_METADATA_BYTES, MAX_TRANSCRIPT_CHARS, _bad, _settings, bp
 
 
 class VoiceForm(BaseModel):
@@ -103,7 +101,7 @@ def _job_out(task: VoiceJob) -> dict[str, Any]:
 )
 @require_api_key
 @job_quota("voice")
-def submit(json: VoiceJson, form: VoiceForm) -> ResponseReturnValue:
+def submit(json: VoiceJson, form: VoiceForm) -> ViewResult:
     """Accept a call for scam scoring: multipart ``audio`` and/or ``transcript``, or JSON with a
     ``storage_key`` / ``audio_url`` and/or ``transcript``. 202 with the status URL."""
     settings = _settings()
@@ -176,7 +174,7 @@ def _parse_metadata(raw: str | None) -> dict[str, Any]:
 @spec.validate(resp=Response(HTTP_200=VoiceJobOut, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse),
                tags=["voice"], security=BEARER)
 @require_api_key
-def get_task(task_id: str) -> ResponseReturnValue:
+def get_task(task_id: str) -> ViewResult:
     """Status of a voice task; the result when completed, the reason when failed."""
     with session_scope() as session:
         return _job_out(owned(session, VoiceJob, task_id, "voice task"))

@@ -6,21 +6,20 @@ from datetime import datetime
 from typing import Any, Literal
 
 from flask import g, request
-from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from spectree import Response
 
+from app import outbound
 from app.api.auth import _bearer, limited, protected
 from app.api.errors import ApiError, ErrorResponse
 from app.api.jsonfields import BoundedExtras
-from app.api.spec import spec
+from app.api.spec import ViewResult, spec
+from app.api.voice import MAX_TRANSCRIPT_CHARS, WORKER, _settings, bp, logger
 from app.db import session_scope
 from app.models.voice import VoiceJob
-from app import outbound
-from app.services.voice import jobs as voice_jobs, workers
+from app.services.voice import jobs as voice_jobs
+from app.services.voice import workers
 from app.storage import get_storage
-
-from app.api.voice import MAX_TRANSCRIPT_CHARS, WORKER, _settings, bp, logger
 
 
 class VoiceResult(BoundedExtras):
@@ -138,7 +137,7 @@ def _conflict(exc: voice_jobs.NotHolder) -> ApiError:
 @spec.validate(resp=Response("HTTP_204", HTTP_200=WorkerTask, HTTP_401=ErrorResponse),
                tags=["voice workers"], security=WORKER)
 @require_worker
-def next_task() -> ResponseReturnValue:
+def next_task() -> ViewResult:
     """Claim the oldest pending task with a lease and return its payload; 204 when there is none."""
     settings = _settings()
     targets = settings.voice_remote_targets.split(",")
@@ -165,7 +164,7 @@ def next_task() -> ResponseReturnValue:
                                                 HTTP_404=ErrorResponse, HTTP_409=ErrorResponse),
                tags=["voice workers"], security=WORKER)
 @require_worker
-def update_status(task_id: str, json: StatusUpdate) -> ResponseReturnValue:
+def update_status(task_id: str, json: StatusUpdate) -> ViewResult:
     """Report progress on a held task (renews its lease); 409 if this worker does not hold it."""
     try:
         with session_scope() as session:
@@ -182,7 +181,7 @@ def update_status(task_id: str, json: StatusUpdate) -> ResponseReturnValue:
                                                HTTP_404=ErrorResponse, HTTP_409=ErrorResponse),
                tags=["voice workers"], security=WORKER)
 @require_worker
-def complete_task(task_id: str, json: VoiceResult) -> ResponseReturnValue:
+def complete_task(task_id: str, json: VoiceResult) -> ViewResult:
     """Record the result of a held task (validated: score and confidence in [0, 1], a known
     risk level, reasons a list of strings); 409 if this worker does not hold it."""
     result = json.model_dump(mode="json") | {"scored_by": g.worker_holder}
@@ -205,7 +204,7 @@ def complete_task(task_id: str, json: VoiceResult) -> ResponseReturnValue:
                                               HTTP_404=ErrorResponse, HTTP_409=ErrorResponse),
                tags=["voice workers"], security=WORKER)
 @require_worker
-def fail_task(task_id: str, json: FailReport) -> ResponseReturnValue:
+def fail_task(task_id: str, json: FailReport) -> ViewResult:
     """Report that a held task could not be scored: it goes back to ``pending`` while attempts
     remain (VOICE_MAX_ATTEMPTS) and ``retryable`` is true, else it is ``failed``."""
     try:
@@ -225,7 +224,7 @@ def fail_task(task_id: str, json: FailReport) -> ResponseReturnValue:
 @spec.validate(json=Heartbeat, resp=Response(HTTP_200=HeartbeatAck, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse),
                tags=["voice workers"], security=WORKER)
 @require_worker
-def heartbeat(json: Heartbeat) -> ResponseReturnValue:
+def heartbeat(json: Heartbeat) -> ViewResult:
     """The worker is alive (sent at start — registration — and every 60 s)."""
     from app.models.base import utcnow
     from app.models.voice import RemoteWorker
