@@ -103,13 +103,13 @@ def job_run(scope: Scope, job: str) -> Iterator[RunHandle]:
         raise
     finally:
         with scope() as session:
-            row = session.get(JobRun, handle.id)
-            if row is not None:
-                row.finished_at = utcnow()
-                row.duration_seconds = time.perf_counter() - start
-                row.outcome = outcome
-                row.counts = dict(handle.counts)
-                row.detail = detail
+            done = session.get(JobRun, handle.id)
+            if done is not None:
+                done.finished_at = utcnow()
+                done.duration_seconds = time.perf_counter() - start
+                done.outcome = outcome
+                done.counts = dict(handle.counts)
+                done.detail = detail
         from app.metrics import JOB_RUNS
 
         JOB_RUNS.labels(job=job, outcome=outcome).inc()

@@ -265,13 +265,13 @@ def run_scan(deps: ScanDeps, scan_id: str) -> ScanOutcome:
             return _finish(deps, scan_id, FETCHING, to_state, version, reason, sandbox.seconds)
         document = sandbox.document or {}
         with deps.scope() as session:
-            version = transition(session, scan_id, from_state=FETCHING, to_state=ANALYZING, version=version,
-                                 worker=deps.worker,
-                                 detail=f"fetched {document.get('final_url')} (HTTP {document.get('status')}) "
-                                        f"in {sandbox.seconds:.2f} s")
-        if version is None:
+            analyzing = transition(session, scan_id, from_state=FETCHING, to_state=ANALYZING, version=version,
+                                   worker=deps.worker,
+                                   detail=f"fetched {document.get('final_url')} (HTTP {document.get('status')}) "
+                                          f"in {sandbox.seconds:.2f} s")
+        if analyzing is None:
             return ScanOutcome("superseded")
-        current = ANALYZING
+        current, version = ANALYZING, analyzing
         return _complete(deps, scan_id, url, version, sandbox)
     except deps.deadline_exceptions:
         return _finish(deps, scan_id, current, TIMED_OUT, version, "the scan task ran out of time")

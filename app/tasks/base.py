@@ -71,7 +71,7 @@ DB_UNAVAILABLE = RetryPolicy(transient=TRANSIENT_DB, max_retries=12, counter="db
                              floor=0.5)
 
 
-class HandBackRetry(Task):  # type: ignore[misc]
+class HandBackRetry(Task):
     """The project's task class (``task_cls``): a retry the broker cannot take is not lost.
 
     ``Task.retry`` publishes the retry as a new message; when that publish fails (the
@@ -115,7 +115,7 @@ class HandBackRetry(Task):  # type: ignore[misc]
             "task": self.name, "task_id": self.request.id, "error": f"{type(exc).__name__}: {exc}"[:200],
             "retry": done + 1, "countdown": round(wait, 2)})
         kwargs = {**(self.request.kwargs or {}), policy.counter: done + 1}
-        return self.retry(exc=exc, kwargs=kwargs, countdown=wait)  # type: ignore[no-any-return]
+        return self.retry(exc=exc, kwargs=kwargs, countdown=wait)
 
     def retries_done(self, policy: RetryPolicy) -> int:
         """Retries after ``policy``'s errors so far (the count in this request's kwargs)."""

@@ -65,7 +65,7 @@ class BatchItem:
     delivery_info: dict[str, Any] = field(default_factory=dict)
 
 
-class BatchedTask(Task):  # type: ignore[misc]
+class BatchedTask(Task):
     """Base class of a task that can also run several requests in one pool call."""
 
     abstract = True
