@@ -432,7 +432,7 @@ class Settings(BaseSettings):
 
     # --- voice -------------------------------------------------------------
     voice_model_path: Path = Field(
-        ROOT / "models" / "voice" / "scam-v1.onnx",
+        ROOT / "models" / "voice" / "scam-v2.onnx",
         description="ONNX scam model (one float input of the feature width, class probabilities out); see "
         "docs/voice.md to bring your own.",
     )

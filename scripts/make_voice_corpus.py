@@ -2,10 +2,13 @@
 
 The transcripts are composed from many sentence templates and vocabularies per call
 type, scam and benign alike, with a fixed seed, so running this again writes the same
-file. Benign calls deliberately include "hard negatives" (a real bank's courtesy call
-that mentions codes and passwords, a colleague's urgent deadline) so the model cannot
-learn that a single word means fraud. Each line carries a ``split``: about a fifth of
-the transcripts are held out for evaluation and never used in training.
+file: the call types below plus the tables of scripts/voice_corpus_kinds.py (more scam
+kinds, scams that avoid the obvious words, and legitimate calls that share the scam
+vocabulary: a bank's fraud team, a courier, an accountant, IT, a raffle win…). Half of
+the calls are then put in spoken style (fillers, the other side's interjections, small
+talk before and after), so lengths and wording vary. Each line carries a ``split``:
+about a fifth (``val``) is held out from fitting, to choose the model and calibrate its
+score; the independent evaluation set (data/voice/eval/calls.txt) is separate.
 
     .venv/bin/python scripts/make_voice_corpus.py [--out data/voice/transcripts.jsonl]
 """
@@ -17,12 +20,15 @@ import hashlib
 import json
 import random
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+
+import voice_corpus_kinds as kinds
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "data" / "voice" / "transcripts.jsonl"
 SEED = 20261122
-PER_CLASS = 210
+PER_CLASS = 520
 HOLDOUT_FRACTION = 0.2
 
 FIRST = ["Daniel", "Maria", "Kevin", "Sarah", "James", "Priya", "Michael", "Linda", "Robert", "Angela",
@@ -242,6 +248,8 @@ SCAM_TYPES: dict[str, Callable[[random.Random], str]] = {
     "bank_otp": bank_otp, "tax_threat": tax_threat, "gift_card": gift_card, "tech_support": tech_support,
     "account_suspension": suspension, "prize": prize, "investment": investment, "utility_cutoff": utility_cutoff,
     "customs_parcel": customs_parcel, "refund": refund_scam,
+    **{name: partial(kinds.compose, slots=slots) for name, slots in kinds.SCAM_KINDS.items()},
+    **{name: partial(kinds.compose, slots=slots) for name, slots in kinds.SUBTLE_SCAM_KINDS.items()},
 }
 
 
@@ -382,7 +390,35 @@ BENIGN_TYPES: dict[str, Callable[[random.Random], str]] = {
     "appointment": appointment, "delivery": delivery, "family": family_chat, "work": work_call,
     "bank_courtesy": legit_bank, "services": services, "school": school, "reservation": reservation,
     "survey_or_renewal": survey_or_sales, "landlord": landlord,
+    **{name: partial(kinds.compose, slots=slots) for name, slots in kinds.LOOKALIKE_KINDS.items()},
 }
+LOOKALIKE = {"bank_courtesy", "work", *kinds.LOOKALIKE_KINDS}
+
+
+def difficulty(label: str, kind: str) -> str:
+    """overt / subtle scam, lookalike / plain benign call."""
+    if label == "scam":
+        return "subtle" if kind in kinds.SUBTLE_SCAM_KINDS else "overt"
+    return "lookalike" if kind in LOOKALIKE else "plain"
+
+
+def spoken(r: random.Random, text: str) -> str:
+    """The call as it is spoken: fillers, the other side's interjections, small talk."""
+    sentences = [s.strip() + "." if s.strip()[-1] not in ".?!" else s.strip()
+                 for s in text.replace("? ", "?|").replace("! ", "!|").replace(". ", ".|").split("|") if s.strip()]
+    out = [r.choice(kinds.OPENERS)] if r.random() < 0.5 else []
+    for sentence in sentences:
+        if r.random() < 0.3:
+            sentence = f"{r.choice(kinds.FILLERS).capitalize()}, {sentence[0].lower()}{sentence[1:]}"
+        if r.random() < 0.15:
+            first, _, rest = sentence.partition(" ")
+            first = first.rstrip(",.?!")
+            sentence = f"{first}, {first.lower()} {rest}"
+        out.append(sentence)
+        if r.random() < 0.3:
+            out.append(r.choice(kinds.INTERJECTIONS))
+    out.append(r.choice(kinds.CLOSERS))
+    return " ".join(p for p in out if p)
 
 
 def generate(seed: int = SEED, per_class: int = PER_CLASS) -> list[dict[str, object]]:
@@ -397,16 +433,18 @@ def generate(seed: int = SEED, per_class: int = PER_CLASS) -> list[dict[str, obj
             kind = names[i % len(names)]
             i += 1
             text = " ".join(types[kind](r).split())
+            if r.random() < 0.5:
+                text = spoken(r, text)
             if text in seen:
                 continue
             seen.add(text)
-            rows.append({"label": label, "category": kind, "text": text})
+            rows.append({"label": label, "category": kind, "difficulty": difficulty(label, kind), "text": text})
     r.shuffle(rows)
     for n, row in enumerate(rows):
         digest = hashlib.sha256(f"{seed}:{row['text']}".encode()).hexdigest()
         row["id"] = f"t{n:04d}"
-        row["split"] = "test" if int(digest[:8], 16) / 0xFFFFFFFF < HOLDOUT_FRACTION else "train"
-    return [{k: row[k] for k in ("id", "label", "category", "split", "text")} for row in rows]
+        row["split"] = "val" if int(digest[:8], 16) / 0xFFFFFFFF < HOLDOUT_FRACTION else "train"
+    return [{k: row[k] for k in ("id", "label", "category", "difficulty", "split", "text")} for row in rows]
 
 
 def main() -> None:
@@ -419,8 +457,8 @@ def main() -> None:
     with args.out.open("w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    test = sum(1 for row in rows if row["split"] == "test")
-    print(f"wrote {len(rows)} transcripts ({test} held out) to {args.out}")
+    val = sum(1 for row in rows if row["split"] == "val")
+    print(f"wrote {len(rows)} transcripts ({val} held out for validation) to {args.out}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,11 @@ class AsrCache:
 
     def __init__(self, name: str) -> None:
         self.path = CACHE_DIR / f"asr-{name}.json"
-        self.data: dict[str, str] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data: dict[str, str] = {}
+        # Also what a parallel fill (``prefill_asr``) left in asr-<name>.<part>.json.
+        for part in sorted(CACHE_DIR.glob(f"asr-{name}.*.json")) + [self.path]:
+            if part.exists():
+                self.data.update(json.loads(part.read_text()))
         self._asr = None
 
     def transcribe(self, wav: bytes) -> str:
@@ -52,3 +56,14 @@ class AsrCache:
 def clip(text: str, style: ClipStyle) -> bytes:
     """The synthesized WAV of a transcript."""
     return synthesize_wav(text, style)
+
+
+def prefill_asr(name: str, texts_styles: list[tuple[str, ClipStyle]], part: str) -> None:
+    """Recognise clips into asr-<name>.<part>.json (a second process filling a cache in parallel)."""
+    cache = AsrCache(name)
+    cache.path = CACHE_DIR / f"asr-{name}.{part}.json"
+    for n, (text, style) in enumerate(texts_styles):
+        cache.transcribe(clip(text, style))
+        if n % 20 == 19:
+            cache.save()
+    cache.save()

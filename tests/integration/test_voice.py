@@ -69,7 +69,7 @@ def test_scam_clip_scores_high_and_benign_clip_low_from_audio_alone(api, voice_w
     body = api.get(f"/api/voice/{scam_id}").get_json()
     result = body["result"]
     assert result["risk_level"] in ("HIGH", "CRITICAL"), result
-    assert result["transcript_source"] == "asr" and result["model_version"] == "scam-v1"
+    assert result["transcript_source"] == "asr" and result["model_version"] == "scam-v2"
     reasons = " | ".join(result["reasons"])
     assert "one-time code" in reasons and "password" in reasons, reasons  # the phrase heard is quoted
     assert result["scored_by"].startswith("celery:") and body["attempts"] == 1

@@ -1,5 +1,6 @@
 """The voice scoring service without a broker: decoding and its refusals, features, the
-shipped ONNX model on transcripts, mock mode, model checks, and one speech-recognised clip."""
+sentence encoder, the shipped ONNX model on transcripts (scam, subtle scam, look-alike
+benign call), mock mode, model checks, and one speech-recognised clip."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from app.services.voice.model import (
     risk_level,
     score_clip,
 )
+from app.services.voice.encoder import EMBED_DIM, windows
 from app.services.voice.features import (
     FEATURE_NAMES,
     SAMPLE_RATE,
@@ -150,6 +152,42 @@ def test_text_cues_match_the_phrases_heard() -> None:
     assert text_features("See you at dinner on Friday.").matches == {}
 
 
+def test_transcripts_are_cut_into_sentence_windows() -> None:
+    text = "One two three. " * 20 + "word " * 120
+    parts = windows(text, max_words=48)
+    assert all(len(p.split()) <= 48 for p in parts)
+    assert " ".join(parts).split() == text.split()  # nothing lost, order kept
+    assert windows("Short call. Bye.") == ["Short call. Bye."]
+
+
+def test_the_embedding_is_mean_and_max_of_normalised_windows(model) -> None:  # type: ignore[no-untyped-def]
+    emb = model.encoder.embed("Please read me the code. " * 30)
+    assert emb.shape == (2 * EMBED_DIM,) and emb.dtype == np.float32
+    assert abs(float(np.linalg.norm(emb[:EMBED_DIM])) - 1.0) < 1e-4
+    assert not model.encoder.embed(None).any()
+    close = model.encoder.embed_windows(["read me the code we texted you", "tell me the number in the text message",
+                                         "see you at dinner on Friday"])
+    assert float(close[0] @ close[1]) > float(close[0] @ close[2])  # meaning, not shared words
+
+
+def test_a_model_whose_encoder_differs_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    import onnx
+
+    settings_model = Path(get_settings().voice_model_path)
+    onx = onnx.load(str(settings_model))
+    for prop in onx.metadata_props:
+        if prop.key == "encoder_sha256":
+            prop.value = "0" * 64
+    (tmp_path / "m.onnx").write_bytes(onx.SerializeToString())
+    with pytest.raises(ModelError, match="sentence encoder file not found"):
+        load_model(tmp_path / "m.onnx")
+    shutil.copytree(settings_model.parent / "encoder", tmp_path / "encoder")
+    with pytest.raises(ModelError, match="was trained with encoder sha256 000000000000"):
+        load_model(tmp_path / "m.onnx")
+
+
 # --- scoring ----------------------------------------------------------------------------
 
 def test_scam_transcript_scores_high_with_reasons(deps: ScoringDeps) -> None:
@@ -158,13 +196,31 @@ def test_scam_transcript_scores_high_with_reasons(deps: ScoringDeps) -> None:
     joined = " | ".join(result["reasons"])
     assert '"one time password"' in joined and "gift cards" in joined
     assert 0 <= result["confidence"] <= 1 and result["mock"] is False
-    assert result["model_version"] == "scam-v1" and len(result["model_sha256"]) == 64
+    assert result["model_version"] == "scam-v2" and len(result["model_sha256"]) == 64
+    assert result["timings_ms"]["encoder_ms"] > 0
 
 
 def test_benign_transcript_scores_low(deps: ScoringDeps) -> None:
     result = score_clip(deps, None, BENIGN)
     assert result["risk_level"] == "LOW", result
     assert result["scam_score"] < 0.4
+
+
+def test_a_scam_without_the_usual_words_scores_high(deps: ScoringDeps) -> None:
+    # No gift card, code or threat words: the sentence encoder carries it, and the reason says so.
+    text = ("Hi, it's your account team. Somebody got hold of your details, so we've opened a new account for you. "
+            "Please move all of your savings into it this evening from your app, and don't mention it at the branch.")
+    result = score_clip(deps, None, text)
+    assert result["risk_level"] in ("HIGH", "CRITICAL"), result
+
+
+def test_a_real_fraud_team_call_with_scam_words_scores_low(deps: ScoringDeps) -> None:
+    text = ("Hello, this is the fraud department at your bank. We will never ask for your PIN or a code. We stopped a "
+            "card payment in another city this morning; if it was not you, we will send a new card. To check this "
+            "call is genuine, ring the number on the back of your card.")
+    result = score_clip(deps, None, text)
+    assert result["risk_level"] == "LOW", result
+    assert any("fraud department" in reason for reason in result["reasons"])  # the phrase families stay as reasons
 
 
 def test_nothing_to_score(deps: ScoringDeps) -> None:

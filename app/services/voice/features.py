@@ -2,8 +2,12 @@
 
 Everything here is plain numpy/soundfile and deterministic, so the training script, the
 Celery task and the standalone remote worker compute exactly the same features for the
-same clip. The vector layout is ``FEATURE_NAMES``; a model dropped in by an operator
-must take a float tensor of that width (see docs/voice.md).
+same clip. The model's input is ``FEATURE_NAMES``: the phrase-family cues of the
+transcript, two flags, and the transcript's sentence embedding (``app.services.voice.
+encoder``); a model dropped in by an operator must take a float tensor of that width
+(see docs/voice.md). The acoustic features are computed for the readable reasons (fast
+speech, no pauses) and the duration; the model does not read them (docs/voice-model.md
+says why).
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ import math
 import re
 import shutil
 import subprocess
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import soundfile as sf
 from scipy.fft import dct
 from scipy.signal import resample_poly
+
+from app.services.voice.encoder import EMBEDDING_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +35,6 @@ _HOP = 160  # 10 ms
 _NFFT = 512
 _N_MELS = 40
 _N_MFCC = 13
-HASH_BUCKETS = 512
 
 
 class AudioError(Exception):
@@ -348,14 +352,10 @@ _REASSURANCE = re.compile(
     re.IGNORECASE,
 )
 
-TEXT_NAMES: list[str] = (
-    ["has_transcript", "words_log", "words_per_minute", "reassurance"]
-    + [f"cue_{c.name}" for c in CUES]
-    + ["cue_groups"]
-    + [f"hash_{i}" for i in range(HASH_BUCKETS)]
-)
+TEXT_NAMES: list[str] = ["has_transcript", "reassurance"] + [f"cue_{c.name}" for c in CUES] + ["cue_groups"]
 
-FEATURE_NAMES: list[str] = ACOUSTIC_NAMES + TEXT_NAMES
+#: The model's input, in order: has_audio, the cues, the sentence embedding (mean, max).
+FEATURE_NAMES: list[str] = ["has_audio"] + TEXT_NAMES + EMBEDDING_NAMES
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -374,21 +374,13 @@ class TextSignals:
     words: int = 0
 
 
-def _bucket(token: str) -> int:
-    return zlib.crc32(token.encode()) % HASH_BUCKETS
-
-
-def text_features(transcript: str | None, speech_seconds: float = 0.0) -> TextSignals:
-    """Cue counts, size and a hashed bag of words and word pairs (L2-normalised)."""
+def text_features(transcript: str | None) -> TextSignals:
+    """Counts of each phrase family (log1p), of reassurance phrases, and the phrases heard."""
     values = {name: 0.0 for name in TEXT_NAMES}
     if not transcript or not transcript.strip():
         return TextSignals(values=values)
-    norm = normalize_text(transcript)
-    words = norm.split()
+    words = normalize_text(transcript).split()
     values["has_transcript"] = 1.0
-    values["words_log"] = math.log1p(len(words))
-    if speech_seconds > 0:
-        values["words_per_minute"] = len(words) / (speech_seconds / 60.0) / 100.0
     values["reassurance"] = float(len(_REASSURANCE.findall(transcript)))
     matches: dict[str, list[str]] = {}
     spaced = " ".join(transcript.replace("-", " ").split())
@@ -398,20 +390,10 @@ def text_features(transcript: str | None, speech_seconds: float = 0.0) -> TextSi
         if found:
             matches[cue.name] = list(dict.fromkeys(found))
     values["cue_groups"] = len(matches) / 4.0
-    tokens = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
-    counts = np.zeros(HASH_BUCKETS, dtype=np.float64)
-    for token in tokens:
-        counts[_bucket(token)] += 1.0
-    counts = np.log1p(counts)
-    norm2 = float(np.linalg.norm(counts))
-    if norm2 > 0:
-        counts /= norm2
-    for i in range(HASH_BUCKETS):
-        values[f"hash_{i}"] = float(counts[i])
     return TextSignals(values=values, matches=matches, words=len(words))
 
 
-def feature_vector(acoustics: Acoustics, text: TextSignals) -> np.ndarray:
-    """The model input row, in ``FEATURE_NAMES`` order."""
-    merged = acoustics.values | text.values
-    return np.asarray([merged[name] for name in FEATURE_NAMES], dtype=np.float32)
+def feature_vector(acoustics: Acoustics, text: TextSignals, embedding: np.ndarray) -> np.ndarray:
+    """The model input row, in ``FEATURE_NAMES`` order (``embedding``: ``TextEncoder.embed``)."""
+    head = [acoustics.values["has_audio"]] + [text.values[name] for name in TEXT_NAMES]
+    return np.concatenate([np.asarray(head, dtype=np.float32), embedding.astype(np.float32, copy=False)])

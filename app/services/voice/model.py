@@ -1,8 +1,9 @@
 """Voice scam scoring: one code path for the Celery task and the standalone remote worker.
 
 ``score_clip`` decodes the clip, computes acoustic features, gets a transcript (the one
-provided, or faster-whisper speech recognition), computes text features and runs the
-ONNX model over the vector. It receives its ONNX model and ASR model (``ScoringDeps``)
+provided, or faster-whisper speech recognition), finds the phrase-family cues, embeds
+the transcript with the sentence encoder (``app.services.voice.encoder``) and runs the
+ONNX classifier over the vector; its output is a calibrated probability. It receives its ONNX model and ASR model (``ScoringDeps``)
 and never builds them per call: the Celery worker builds them once per process in
 ``worker_process_init``, the remote worker once at start.
 
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from app.services.voice.encoder import EncoderError, TextEncoder, load_encoder
 from app.services.voice.features import (
     CUES,
     FEATURE_NAMES,
@@ -50,7 +52,7 @@ __all__ = [
 
 
 class ModelError(Exception):
-    """The ONNX model file is missing or does not take the feature vector."""
+    """The ONNX model file is missing, does not take the feature vector, or its encoder is wrong."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def risk_level(score: float, t: Thresholds) -> str:
 
 @dataclass
 class VoiceModel:
-    """An onnxruntime session over the feature vector, with the file's identity."""
+    """An onnxruntime session over the feature vector, its sentence encoder, and the file's identity."""
 
     session: Any
     input_name: str
@@ -83,6 +85,16 @@ class VoiceModel:
     version: str
     sha256: str
     path: str
+    encoder: TextEncoder | None = None
+
+    def row(self, samples: np.ndarray | None, transcript: str | None) -> np.ndarray:
+        """The feature row of already-decoded samples and a transcript (training and evaluation use this)."""
+        return feature_vector(acoustic_features(samples), text_features(transcript), self.embed(transcript))
+
+    def embed(self, transcript: str | None) -> np.ndarray:
+        if self.encoder is None:
+            raise ModelError(f"voice model {self.path} has no sentence encoder loaded")
+        return self.encoder.embed(transcript)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Scam probability of each row."""
@@ -120,7 +132,21 @@ def load_model(path: str | Path, threads: int = 1) -> VoiceModel:
     meta = session.get_modelmeta().custom_metadata_map
     version = meta.get("version") or p.stem
     return VoiceModel(session=session, input_name=inputs[0].name, output_index=output_index, version=version,
-                      sha256=hashlib.sha256(data).hexdigest(), path=str(p))
+                      sha256=hashlib.sha256(data).hexdigest(), path=str(p), encoder=_encoder_for(p, meta, threads))
+
+
+def _encoder_for(path: Path, meta: dict[str, str], threads: int) -> TextEncoder:
+    """The sentence encoder the model names (``encoder``: a directory beside the model file,
+    default ``encoder``), checked against the sha256 it was trained with (``encoder_sha256``)."""
+    try:
+        encoder = load_encoder(path.parent / meta.get("encoder", "encoder"), threads=threads)
+    except EncoderError as exc:
+        raise ModelError(f"voice model {path}: {exc}") from None
+    expected = meta.get("encoder_sha256")
+    if expected and expected != encoder.sha256:
+        raise ModelError(f"voice model {path} was trained with encoder sha256 {expected[:12]}…, "
+                         f"but {encoder.path} holds {encoder.sha256[:12]}…")
+    return encoder
 
 
 class Asr(Protocol):
@@ -249,8 +275,11 @@ def score_clip(deps: ScoringDeps, audio: bytes | None, transcript: str | None = 
         transcript, asr_quality = deps.asr.transcribe(samples)
         timings["asr_ms"] = (time.perf_counter() - t0) * 1000
         source = "asr"
-    text = text_features(transcript, acoustics.speech_s)
-    row = feature_vector(acoustics, text)[None, :]
+    text = text_features(transcript)
+    t0 = time.perf_counter()
+    embedding = deps.model.embed(transcript)
+    timings["encoder_ms"] = (time.perf_counter() - t0) * 1000
+    row = feature_vector(acoustics, text, embedding)[None, :]
     t0 = time.perf_counter()
     score = float(np.clip(deps.model.predict(row)[0], 0.0, 1.0))
     timings["onnx_ms"] = (time.perf_counter() - t0) * 1000
@@ -289,10 +318,4 @@ def reasons_for(matches: dict[str, list[str]], acoustics: Any, words: int, score
         reasons.append("no scam signals found" if score < t.high else "the model scores the wording as scam-like")
     return reasons
 
-
-def features_for(samples: np.ndarray | None, transcript: str | None) -> np.ndarray:
-    """The feature row of already-decoded samples (training and evaluation use this)."""
-    acoustics = acoustic_features(samples)
-    text = text_features(transcript, acoustics.speech_s)
-    return feature_vector(acoustics, text)
 
