@@ -3,7 +3,7 @@
 ``POST /api/files`` fixes the chunk plan; ``PUT /api/files/<id>/chunks/<n>`` takes a
 chunk's raw bytes (or, on S3, the client PUTs to the presigned URL it was given);
 ``POST /api/files/<id>/complete`` writes ``MERGING`` and the merge's outbox event in one
-transaction (the relay is nudged by the commit); ``GET /api/files/<id>`` reports progress and, once
+transaction (published when it commits); ``GET /api/files/<id>`` reports progress and, once
 ``COMPLETED``, a presigned download URL. A file is visible only to the client that made it (``app.api.ownership``).
 """
 

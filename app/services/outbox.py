@@ -41,10 +41,10 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy import event as sa_event
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, SessionTransaction
 
 from app.models.base import utcnow
@@ -169,11 +169,12 @@ def event_id_for(task_id: str | None) -> int | None:
 
 def mark_consumed(session: Session, event_ids: list[int], now: datetime | None = None) -> int:
     """Record that a worker started the events' tasks; how many were not recorded before."""
-    return session.execute(
+    result = session.execute(
         update(OutboxEvent).where(OutboxEvent.id.in_(event_ids), OutboxEvent.consumed_at.is_(None))
         .values(consumed_at=now or utcnow()),
         execution_options={"synchronize_session": False},
-    ).rowcount
+    )
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def hand_back(session: Session, event_id: int, delay: float, kwargs: dict[str, Any],
