@@ -3,8 +3,9 @@ the periodic recovery sweep.
 
 Both are thin: they build the dependencies (session scope, a Docker client per thread,
 the sandbox config from settings) and call ``app.services.scans``. An unreachable
-database is retried by the database policy (``DB_UNAVAILABLE``); an unreachable Docker daemon is
-handled by the service (the job goes back to the queue through the outbox with a delay).
+database is retried by the database policy (``DB_UNAVAILABLE``); an unreachable Docker
+daemon is handled by the service (the job goes back to the queue through the outbox with
+a delay). The sweep is a beat job (``periodic``: its lock and its ``job_runs`` record).
 Celery's soft time limit, well above the container timeout, is only the backstop (and
 only the prefork pool enforces it): every Docker and database call has its own timeout.
 """
