@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import LockError, TimeoutError as RedisTimeoutError
 from redbeat import RedBeatScheduler
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import LockError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 class HABeatScheduler(RedBeatScheduler):
     """RedBeat with a standby mode: send only while holding the lock, re-take it when free."""
 
-    def tick(self, min: Any = min, **kwargs: Any) -> float:  # noqa: A002 (celery's signature)
+    def tick(self, min: Any = min, **kwargs: Any) -> float:
         """One beat loop: keep (or win back) the lock, then send what is due."""
         if self.lock_key and self.lock is not None:
             try:
@@ -43,3 +44,16 @@ class HABeatScheduler(RedBeatScheduler):
         except (RedisConnectionError, RedisTimeoutError) as exc:
             logger.warning("beat: Redis unreachable (%s); retrying", exc)
             return self.max_interval
+
+    def update_from_dict(self, dict_: dict[str, Any]) -> None:
+        """Install the configured entries, keeping a pause the operator console stored
+        (``enabled`` false in Redis): a beat restart must not resume a paused entry."""
+        paused = set()
+        for name in dict_:
+            try:
+                if not self.Entry.from_key(self.Entry.generate_key(self.app, name), app=self.app).enabled:
+                    paused.add(name)
+            except KeyError:
+                continue
+        super().update_from_dict({name: ({**conf, "enabled": False} if name in paused and isinstance(conf, dict)
+                                         else conf) for name, conf in dict_.items()})

@@ -44,13 +44,15 @@ def overview() -> dict[str, Any]:
     from app.settings import QUEUES
 
     since = utcnow() - timedelta(hours=1)
+    replies = queues.inspect_all(celery(), ("active_queues", "active", "reserved", "stats"))
     with session_scope() as session:
-        states = queues.queue_states(celery(), redis(), session, QUEUES, _task_queues())
+        states = queues.queue_states(celery(), redis(), session, QUEUES, _task_queues(), replies["active_queues"])
         hour = ledger.summary(session, since)
-    workers = queues.workers(celery())
+        done = ledger.summary(session, since, finished=True)
+    workers = queues.workers(celery(), replies=replies)
     return {"queues": [asdict(q) | {"depth": q.depth} for q in states], "last_hour": hour,
-            "throughput_last_hour": sum(v.get("succeeded", 0) for v in hour.values()),
-            "failures_last_hour": sum(v.get("failed", 0) + v.get("dead", 0) for v in hour.values()),
+            "throughput_last_hour": sum(v.get("succeeded", 0) for v in done.values()),
+            "failures_last_hour": sum(v.get("failed", 0) + v.get("dead", 0) for v in done.values()),
             "workers_alive": len(workers)}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, false, func, or_, select, tuple_
@@ -231,10 +231,16 @@ def fill_traces(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, 
     return rows
 
 
-def summary(session: Session, since: datetime) -> dict[str, dict[str, int]]:
-    """Jobs created since ``since`` by family and ledger state (the overview's figures)."""
+#: Jobs finished in the last hour are looked for among those created in this window before it.
+FINISHED_LOOKBACK = timedelta(days=7)
+
+
+def summary(session: Session, since: datetime, finished: bool = False) -> dict[str, dict[str, int]]:
+    """Jobs created since ``since`` (or, ``finished``, that finished since ``since``, among
+    those created up to FINISHED_LOOKBACK before it) by family and ledger state."""
     c = job_ledger.c
-    stmt = select(c.family, c.state, func.count()).where(c.created_at >= since).group_by(c.family, c.state)
+    where = [c.finished_at >= since, c.created_at >= since - FINISHED_LOOKBACK] if finished else [c.created_at >= since]
+    stmt = select(c.family, c.state, func.count()).where(*where).group_by(c.family, c.state)
     out: dict[str, dict[str, int]] = {}
     for family, state, n in session.execute(stmt):
         out.setdefault(family, {})[state] = int(n)

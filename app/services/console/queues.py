@@ -35,6 +35,7 @@ class QueueState:
     reserved: int = 0
     oldest_waiting_seconds: float | None = None
     consumers: list[str] = field(default_factory=list)
+    paused: bool = False
     paused_on: list[str] = field(default_factory=list)
 
     @property
@@ -79,8 +80,7 @@ def _redis_unacked(celery: Any, queues: tuple[str, ...]) -> dict[str, int]:
 
 def _inspected(celery: Any, queues: tuple[str, ...], timeout: float) -> dict[str, int]:
     counts = dict.fromkeys(queues, 0)
-    inspect = celery.control.inspect(timeout=timeout)
-    for reply in (inspect.reserved() or {}, inspect.active() or {}):
+    for reply in inspect_all(celery, ("reserved", "active"), timeout).values():
         for tasks in reply.values():
             for task in tasks:
                 queue = (task.get("delivery_info") or {}).get("routing_key")
@@ -112,10 +112,23 @@ def oldest_waiting(session: Session, task_queue: dict[str, str], now: datetime |
     return out
 
 
-def consumers(celery: Any, timeout: float = 1.0) -> dict[str, list[str]]:
+def inspect_all(celery: Any, commands: tuple[str, ...], timeout: float = 1.0) -> dict[str, dict[str, Any]]:
+    """Several ``inspect`` broadcasts at once (each waits its whole timeout for replies)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(command: str) -> dict[str, Any]:
+        return getattr(celery.control.inspect(timeout=timeout), command)() or {}
+
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        return dict(zip(commands, pool.map(ask, commands), strict=True))
+
+
+def consumers(celery: Any, timeout: float = 1.0, active_queues: dict[str, Any] | None = None) -> dict[str, list[str]]:
     """Queue -> the workers consuming it now."""
     out: dict[str, list[str]] = {}
-    for worker, queues in (celery.control.inspect(timeout=timeout).active_queues() or {}).items():
+    if active_queues is None:
+        active_queues = celery.control.inspect(timeout=timeout).active_queues() or {}
+    for worker, queues in active_queues.items():
         for q in queues:
             out.setdefault(q["name"], []).append(worker)
     return out
@@ -158,22 +171,21 @@ def purge(celery: Any, queue: str) -> int:
 
 
 def queue_states(celery: Any, redis: Any, session: Session, queues: tuple[str, ...],
-                 task_queue: dict[str, str]) -> list[QueueState]:
+                 task_queue: dict[str, str], active_queues: dict[str, Any] | None = None) -> list[QueueState]:
     """Every queue: waiting, reserved, oldest waiting, consumers, paused."""
     waiting = waiting_counts(celery, queues)
     reserved = reserved_counts(celery, queues)
     ages = oldest_waiting(session, task_queue)
-    who = consumers(celery)
+    who = consumers(celery, active_queues=active_queues)
     stopped = paused(redis)
     return [QueueState(q, waiting.get(q, 0), reserved.get(q, 0), ages.get(q) if waiting.get(q) else None,
-                       who.get(q, []), stopped.get(q, [])) for q in queues]
+                       who.get(q, []), q in stopped, stopped.get(q, [])) for q in queues]
 
 
-def workers(celery: Any, timeout: float = 1.0) -> list[dict[str, Any]]:
+def workers(celery: Any, timeout: float = 1.0, replies: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Celery workers answering the control API: name, queues, active and reserved tasks."""
-    inspect = celery.control.inspect(timeout=timeout)
-    queues = inspect.active_queues() or {}
-    active, reserved, stats = inspect.active() or {}, inspect.reserved() or {}, inspect.stats() or {}
+    replies = replies or inspect_all(celery, ("active_queues", "active", "reserved", "stats"), timeout)
+    queues, active, reserved, stats = (replies[k] for k in ("active_queues", "active", "reserved", "stats"))
     return [{"name": name, "queues": sorted(q["name"] for q in queues.get(name, [])),
              "active": len(active.get(name, [])), "reserved": len(reserved.get(name, [])),
              "pool": ((stats.get(name) or {}).get("pool") or {}).get("implementation"),

@@ -38,8 +38,9 @@ class ScheduleView:
 
 
 def _entry(celery: Any, name: str) -> Any:
-    from redbeat.schedulers import RedBeatSchedulerEntry
+    from redbeat.schedulers import RedBeatSchedulerEntry, ensure_conf
 
+    ensure_conf(celery)
     if name not in (celery.conf.beat_schedule or {}):
         raise UnknownSchedule(f"no beat entry named {name!r}")
     try:
