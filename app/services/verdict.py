@@ -171,84 +171,126 @@ def _parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else None
 
 
-def evaluate(url: str, fetch: dict[str, Any], suspicious_tlds: frozenset[str] | None = None) -> Verdict:
-    """Score a completed fetch of ``url`` (see the module docstring and docs/scans.md)."""
-    tlds = load_suspicious_tlds() if suspicious_tlds is None else suspicious_tlds
-    reasons: dict[str, str] = {}
-    final_url = fetch.get("final_url") or url
-    hosts = list(dict.fromkeys(h for h in (_host(url), _host(final_url)) if h))
-    chain = fetch.get("redirect_chain") or []
-    page = fetch.get("page") or {}
+@dataclass(frozen=True)
+class _Seen:
+    """What the rules look at: the URL, where it led and what the fetcher saw there."""
 
-    ip_hosts = [h for h in hosts if is_ip_literal(h)]
+    url: str
+    fetch: dict[str, Any]
+    tlds: frozenset[str]
+    final_url: str
+    hosts: list[str]
+    start_domain: str
+
+    @property
+    def name_hosts(self) -> list[str]:
+        return [h for h in self.hosts if not is_ip_literal(h)]
+
+
+def _host_rules(seen: _Seen) -> dict[str, str]:
+    reasons = {}
+    ip_hosts = [h for h in seen.hosts if is_ip_literal(h)]
     if ip_hosts:
         reasons["ip_literal_host"] = f"host {', '.join(ip_hosts)} is an IP address"
-
-    name_hosts = [h for h in hosts if not is_ip_literal(h)]
-    puny = [h for h in name_hosts if any(lbl.startswith("xn--") for lbl in h.lower().split("."))]
+    puny = [h for h in seen.name_hosts if any(lbl.startswith("xn--") for lbl in h.lower().split("."))]
     if puny:
         shown = ", ".join(f"{h} ({'.'.join(_unicode_label(lbl) for lbl in h.lower().split('.'))})" for h in puny)
         reasons["punycode_host"] = f"internationalised host {shown}"
     mixed = [
         f"{_unicode_label(lbl)} ({'+'.join(sorted(label_scripts(lbl)))})"
-        for h in name_hosts for lbl in h.lower().split(".") if is_mixed_script(lbl)
+        for h in seen.name_hosts for lbl in h.lower().split(".") if is_mixed_script(lbl)
     ]
     if mixed:
         reasons["mixed_script_host"] = f"label {', '.join(dict.fromkeys(mixed))} mixes scripts"
+    flagged = [h for h in seen.name_hosts if h.lower().rsplit(".", 1)[-1] in seen.tlds]
+    if flagged:
+        reasons["suspicious_tld"] = ", ".join(f".{h.lower().rsplit('.', 1)[-1]} ({h})" for h in flagged)
+    return reasons
 
+
+def _redirect_rules(seen: _Seen) -> dict[str, str]:
+    reasons = {}
+    chain = seen.fetch.get("redirect_chain") or []
     redirects = sum(1 for hop in chain if hop.get("location"))
     if redirects >= MANY_REDIRECTS:
         reasons["many_redirects"] = f"{redirects} redirects"
-    start_domain = registrable_domain(_host(url))
-    hop_domains = [registrable_domain(_host(hop.get("url"))) for hop in chain] + [registrable_domain(_host(final_url))]
-    foreign = [d for d in dict.fromkeys(hop_domains) if d and d != start_domain]
+    hop_domains = [registrable_domain(_host(hop.get("url"))) for hop in chain]
+    hop_domains.append(registrable_domain(_host(seen.final_url)))
+    foreign = [d for d in dict.fromkeys(hop_domains) if d and d != seen.start_domain]
     if foreign:
-        reasons["cross_domain_redirect"] = f"from {start_domain} to {', '.join(foreign)}"
+        reasons["cross_domain_redirect"] = f"from {seen.start_domain} to {', '.join(foreign)}"
+    return reasons
 
-    if page.get("password_field"):
-        actions = [a for a in page.get("password_form_actions") or [] if isinstance(a, str)]
-        plain = [u for u in [final_url, *actions] if urlsplit(u).scheme.lower() == "http"]
-        if plain:
-            reasons["password_form_over_http"] = f"password sent over plain http ({', '.join(dict.fromkeys(plain))})"
-        page_domain = registrable_domain(_host(final_url))
-        elsewhere = []
-        if page_domain != start_domain:
-            elsewhere.append(f"page on {page_domain}, URL on {start_domain}")
-        for action in actions:
-            action_domain = registrable_domain(_host(action))
-            if action_domain and action_domain != page_domain:
-                elsewhere.append(f"form posts to {action_domain}")
-        if elsewhere:
-            reasons["password_form_cross_domain"] = "; ".join(dict.fromkeys(elsewhere))
 
-    content_type = (fetch.get("content_type") or "").lower()
-    disposition = ((fetch.get("headers") or {}).get("content-disposition") or "").lower()
-    path = urlsplit(final_url).path.lower()
+def _password_rules(seen: _Seen) -> dict[str, str]:
+    page = seen.fetch.get("page") or {}
+    if not page.get("password_field"):
+        return {}
+    reasons = {}
+    actions = [a for a in page.get("password_form_actions") or [] if isinstance(a, str)]
+    plain = [u for u in [seen.final_url, *actions] if urlsplit(u).scheme.lower() == "http"]
+    if plain:
+        reasons["password_form_over_http"] = f"password sent over plain http ({', '.join(dict.fromkeys(plain))})"
+    page_domain = registrable_domain(_host(seen.final_url))
+    elsewhere = []
+    if page_domain != seen.start_domain:
+        elsewhere.append(f"page on {page_domain}, URL on {seen.start_domain}")
+    for action in actions:
+        action_domain = registrable_domain(_host(action))
+        if action_domain and action_domain != page_domain:
+            elsewhere.append(f"form posts to {action_domain}")
+    if elsewhere:
+        reasons["password_form_cross_domain"] = "; ".join(dict.fromkeys(elsewhere))
+    return reasons
+
+
+def _download_rules(seen: _Seen) -> dict[str, str]:
+    content_type = (seen.fetch.get("content_type") or "").lower()
+    disposition = ((seen.fetch.get("headers") or {}).get("content-disposition") or "").lower()
+    path = urlsplit(seen.final_url).path.lower()
     if content_type in EXECUTABLE_TYPES:
-        reasons["executable_download"] = f"content type {content_type}"
-    elif "attachment" in disposition and any(ext in disposition for ext in EXECUTABLE_EXTENSIONS):
-        reasons["executable_download"] = f"download {disposition[:200]}"
-    elif content_type in ("application/octet-stream", "binary/octet-stream", "") and path.endswith(EXECUTABLE_EXTENSIONS):
-        reasons["executable_download"] = f"binary download {path.rsplit('/', 1)[-1][:100]}"
+        return {"executable_download": f"content type {content_type}"}
+    if "attachment" in disposition and any(ext in disposition for ext in EXECUTABLE_EXTENSIONS):
+        return {"executable_download": f"download {disposition[:200]}"}
+    if content_type in ("application/octet-stream", "binary/octet-stream", "") and path.endswith(EXECUTABLE_EXTENSIONS):
+        return {"executable_download": f"binary download {path.rsplit('/', 1)[-1][:100]}"}
+    return {}
 
-    tls = fetch.get("tls") or None
-    if tls:
-        fetched_at = _parse_time(fetch.get("fetched_at"))
-        not_before, not_after = _parse_time(tls.get("not_before")), _parse_time(tls.get("not_after"))
-        if fetched_at and not_after and not_after < fetched_at:
-            reasons["expired_certificate"] = f"expired {not_after.date().isoformat()}"
-        elif fetched_at and not_before and not_before > fetched_at:
-            reasons["expired_certificate"] = f"not valid before {not_before.date().isoformat()}"
-        elif fetched_at and not_before and fetched_at - not_before < NEW_CERTIFICATE:
-            age = fetched_at - not_before
-            reasons["new_certificate"] = f"issued {age.days} day(s) {age.seconds // 3600} h before the scan"
-        if tls.get("verified") is False:
-            reasons["untrusted_certificate"] = str(tls.get("verify_error") or "verification failed")[:200]
 
-    flagged = [h for h in name_hosts if h.lower().rsplit(".", 1)[-1] in tlds]
-    if flagged:
-        reasons["suspicious_tld"] = ", ".join(f".{h.lower().rsplit('.', 1)[-1]} ({h})" for h in flagged)
+def _certificate_rules(seen: _Seen) -> dict[str, str]:
+    tls = seen.fetch.get("tls") or None
+    if not tls:
+        return {}
+    reasons = {}
+    fetched_at = _parse_time(seen.fetch.get("fetched_at"))
+    not_before, not_after = _parse_time(tls.get("not_before")), _parse_time(tls.get("not_after"))
+    if fetched_at and not_after and not_after < fetched_at:
+        reasons["expired_certificate"] = f"expired {not_after.date().isoformat()}"
+    elif fetched_at and not_before and not_before > fetched_at:
+        reasons["expired_certificate"] = f"not valid before {not_before.date().isoformat()}"
+    elif fetched_at and not_before and fetched_at - not_before < NEW_CERTIFICATE:
+        age = fetched_at - not_before
+        reasons["new_certificate"] = f"issued {age.days} day(s) {age.seconds // 3600} h before the scan"
+    if tls.get("verified") is False:
+        reasons["untrusted_certificate"] = str(tls.get("verify_error") or "verification failed")[:200]
+    return reasons
 
+
+#: Each family of rules: what it sees → the rules that fired, with what each saw.
+RULE_CHECKS = (_host_rules, _redirect_rules, _password_rules, _download_rules, _certificate_rules)
+
+
+def evaluate(url: str, fetch: dict[str, Any], suspicious_tlds: frozenset[str] | None = None) -> Verdict:
+    """Score a completed fetch of ``url`` (see the module docstring and docs/scans.md)."""
+    final_url = fetch.get("final_url") or url
+    seen = _Seen(
+        url=url, fetch=fetch, tlds=load_suspicious_tlds() if suspicious_tlds is None else suspicious_tlds,
+        final_url=final_url, hosts=list(dict.fromkeys(h for h in (_host(url), _host(final_url)) if h)),
+        start_domain=registrable_domain(_host(url)),
+    )
+    reasons: dict[str, str] = {}
+    for check in RULE_CHECKS:
+        reasons.update(check(seen))
     ordered = tuple(Reason(rule, RULES[rule][0], reasons[rule]) for rule in RULES if rule in reasons)
     score = min(100, sum(r.weight for r in ordered))
     risk = "high" if score >= HIGH else "medium" if score >= MEDIUM else "low"
