@@ -26,7 +26,9 @@ from app.models.schedules import (
     CallRequest,
     Campaign,
     CampaignRecipient,
+    CampaignStatus,
     Lead,
+    RecipientStatus,
     Tenant,
 )
 from app.services import jobs
@@ -337,6 +339,17 @@ def _claim_recipient(session: Session, recipient_id: int) -> bool:
     ).rowcount == 1
 
 
+@dataclass(frozen=True)
+class _Campaign:
+    """What one batch needs of its campaign, read once."""
+
+    id: int
+    channel: str
+    subject: str
+    template: str
+    client_id: int | None
+
+
 def send_campaign_batch(
     scope: Scope,
     campaign_id: int,
@@ -354,71 +367,96 @@ def send_campaign_batch(
     message id), so a redelivery can neither lose nor repeat a recipient.
     """
     result = BatchResult()
-    with scope() as session:
-        campaign = session.get(Campaign, campaign_id)
-        if campaign is None or campaign.status != "sending":
-            return result
-        channel, subject, template = campaign.channel, campaign.subject, campaign.template
-        client_id = campaign.client_id
-        rows = session.execute(select(CampaignRecipient.id, CampaignRecipient.address, CampaignRecipient.status).where(
-            CampaignRecipient.campaign_id == campaign_id, CampaignRecipient.batch == batch,
-            CampaignRecipient.status.in_(("pending", "sending")),
-        ).order_by(CampaignRecipient.id)).all()
+    campaign, rows = _batch_rows(scope, campaign_id, batch)
+    if campaign is None:
+        return result
     try:
         for rid, address, status in rows:
-            if status == "sending":
-                with scope() as session:
-                    session.execute(update(CampaignRecipient).where(
-                        CampaignRecipient.id == rid, CampaignRecipient.status == "sending",
-                    ).values(status="failed", detail="interrupted while sending; not resent, as the first send may "
-                                                     "have reached the server"))
+            if status == RecipientStatus.SENDING:
+                _fail_interrupted(scope, rid)
                 result.interrupted += 1
-                continue
-            if channel == "whatsapp":
-                with scope() as session:
-                    if not _claim_recipient(session, rid):
-                        continue
-                    # A system id (no client_ref): no client can write it, name it or pre-empt it.
-                    submit_message(session, message_id=f"{SYSTEM_ID_PREFIX}campaign-{campaign_id}-{rid}", client_id=client_id,
-                                   conversation_id=f"campaign-{campaign_id}", channel="whatsapp",
-                                   recipient=address, content=template)
-                    session.execute(update(CampaignRecipient).where(CampaignRecipient.id == rid)
-                                    .values(status="sent", sent_at=now()))
-                result.sent += 1
-                continue
-            with scope() as session:
-                if not _claim_recipient(session, rid):
-                    continue
-            from app.services.email import PermanentEmailError, TransientEmailError
-
-            assert send_email is not None
-            try:
-                send_email(address, subject, template)
-            except PermanentEmailError as exc:
-                with scope() as session:
-                    session.execute(update(CampaignRecipient).where(CampaignRecipient.id == rid)
-                                    .values(status="failed", detail=str(exc)[:2000]))
-                result.failed += 1
-                continue
-            except TransientEmailError as exc:
-                # Not sent: give the recipient back, so the retried batch sends it.
-                with scope() as session:
-                    session.execute(update(CampaignRecipient).where(CampaignRecipient.id == rid)
-                                    .values(status="pending", detail=str(exc)[:2000]))
-                raise TransientSendError(str(exc)) from exc
-            with scope() as session:
-                session.execute(update(CampaignRecipient).where(CampaignRecipient.id == rid)
-                                .values(status="sent", sent_at=now(), detail=None))
-            result.sent += 1
+            elif campaign.channel == "whatsapp":
+                result.sent += _send_whatsapp(scope, campaign, rid, address, now)
+            else:
+                sent = _send_email(scope, campaign, rid, address, send_email, now)
+                result.sent += sent is True
+                result.failed += sent is False
     finally:
-        with scope() as session:
-            campaign = session.get(Campaign, campaign_id, with_for_update=True)
-            if campaign is not None:
-                refresh_campaign(session, campaign, now())
-        for key, value in result.as_dict().items():
-            if value:
-                SCHEDULE_ITEMS.labels(job=JOB_CAMPAIGNS, result=key).inc(value)
+        _finish_batch(scope, campaign_id, result, now)
     return result
+
+
+def _batch_rows(scope: Scope, campaign_id: int, batch: int) -> tuple[_Campaign | None, list[Any]]:
+    """The campaign (None unless it is sending) and the batch's recipients left to send."""
+    with scope() as session:
+        row = session.get(Campaign, campaign_id)
+        if row is None or row.status != CampaignStatus.SENDING:
+            return None, []
+        campaign = _Campaign(row.id, row.channel, row.subject, row.template, row.client_id)
+        rows = session.execute(select(CampaignRecipient.id, CampaignRecipient.address, CampaignRecipient.status).where(
+            CampaignRecipient.campaign_id == campaign_id, CampaignRecipient.batch == batch,
+            CampaignRecipient.status.in_((RecipientStatus.PENDING, RecipientStatus.SENDING)),
+        ).order_by(CampaignRecipient.id)).all()
+    return campaign, list(rows)
+
+
+def _set_recipient(scope: Scope, rid: int, **values: Any) -> None:
+    with scope() as session:
+        session.execute(update(CampaignRecipient).where(CampaignRecipient.id == rid).values(**values))
+
+
+def _fail_interrupted(scope: Scope, rid: int) -> None:
+    with scope() as session:
+        session.execute(update(CampaignRecipient).where(
+            CampaignRecipient.id == rid, CampaignRecipient.status == RecipientStatus.SENDING,
+        ).values(status=RecipientStatus.FAILED, detail="interrupted while sending; not resent, as the first send "
+                                                       "may have reached the server"))
+
+
+def _send_whatsapp(scope: Scope, campaign: _Campaign, rid: int, address: str, now: Callable[[], datetime]) -> bool:
+    """Claim, message and ``sent`` in one transaction; False when another send holds it."""
+    with scope() as session:
+        if not _claim_recipient(session, rid):
+            return False
+        # A system id (no client_ref): no client can write it, name it or pre-empt it.
+        submit_message(session, message_id=f"{SYSTEM_ID_PREFIX}campaign-{campaign.id}-{rid}",
+                       client_id=campaign.client_id, conversation_id=f"campaign-{campaign.id}", channel="whatsapp",
+                       recipient=address, content=campaign.template)
+        session.execute(update(CampaignRecipient).where(CampaignRecipient.id == rid)
+                        .values(status=RecipientStatus.SENT, sent_at=now()))
+    return True
+
+
+def _send_email(scope: Scope, campaign: _Campaign, rid: int, address: str,
+                send_email: Callable[[str, str, str], object] | None, now: Callable[[], datetime]) -> bool | None:
+    """Claim, send, record: True sent, False failed for good, None not ours to send."""
+    from app.services.email import PermanentEmailError, TransientEmailError
+
+    with scope() as session:
+        if not _claim_recipient(session, rid):
+            return None
+    assert send_email is not None
+    try:
+        send_email(address, campaign.subject, campaign.template)
+    except PermanentEmailError as exc:
+        _set_recipient(scope, rid, status=RecipientStatus.FAILED, detail=str(exc)[:2000])
+        return False
+    except TransientEmailError as exc:
+        # Not sent: give the recipient back, so the retried batch sends it.
+        _set_recipient(scope, rid, status=RecipientStatus.PENDING, detail=str(exc)[:2000])
+        raise TransientSendError(str(exc)) from exc
+    _set_recipient(scope, rid, status=RecipientStatus.SENT, sent_at=now(), detail=None)
+    return True
+
+
+def _finish_batch(scope: Scope, campaign_id: int, result: BatchResult, now: Callable[[], datetime]) -> None:
+    with scope() as session:
+        campaign = session.get(Campaign, campaign_id, with_for_update=True)
+        if campaign is not None:
+            refresh_campaign(session, campaign, now())
+    for key, value in result.as_dict().items():
+        if value:
+            SCHEDULE_ITEMS.labels(job=JOB_CAMPAIGNS, result=key).inc(value)
 
 
 def refresh_campaign(session: Session, campaign: Campaign, now: datetime) -> None:
