@@ -116,3 +116,37 @@ def test_sign_in_is_rate_limited(pg_database, redis_client) -> None:  # type: ig
     redis_client.delete(*redis_client.keys("rate:*console-login*") or ["none"])
     codes = [client.post("/console/login", data={"name": "x", "password": "y"}).status_code for _ in range(4)]
     assert codes == [401, 401, 401, 429]
+
+
+def test_purge_needs_an_admin_and_the_queue_name_typed_again(app, redis_client) -> None:  # type: ignore[no-untyped-def]
+    from app.celery_app import celery_app
+
+    for _ in range(3):
+        celery_app.send_task("app.tasks.system.ping", queue="gc")  # no worker consumes gc here
+    operator_client, _ = signed_in(app, "operator")
+    token = csrf_of(operator_client)
+    assert operator_client.post("/console/queues/gc/purge", data={"csrf": token, "confirm": "gc"}).status_code == 403
+    admin_client, admin = signed_in(app, "admin")
+    token = csrf_of(admin_client)
+    wrong = admin_client.post("/console/queues/gc/purge", data={"csrf": token, "confirm": "g"})
+    assert wrong.status_code == 400 and b"type the queue" in wrong.data
+    assert redis_client.llen("gc") == 3
+    done = admin_client.post("/console/queues/gc/purge", data={"csrf": token, "confirm": "gc"})
+    assert done.status_code == 303 and redis_client.llen("gc") == 0
+    audit = admin_client.get("/console/api/audit", query_string={"actor": admin}).get_json()["items"]
+    assert [(e["action"], e["outcome"], e["count"]) for e in audit] == [("queue.purge", "ok", 3),
+                                                                        ("queue.purge", "refused", None)]
+    assert admin_client.post("/console/queues/nope/pause", data={"csrf": token}).status_code == 404
+
+
+def test_an_admin_manages_operators_and_others_cannot(app) -> None:  # type: ignore[no-untyped-def]
+    admin_client, _ = signed_in(app, "admin")
+    token = csrf_of(admin_client)
+    short = admin_client.post("/console/operators", data={"csrf": token, "name": "new-op", "role": "operator",
+                                                          "password": "short"})
+    assert short.status_code == 400 and b"at least 12 characters" in short.data
+    made = admin_client.post("/console/operators", data={"csrf": token, "name": f"op-{secrets.token_hex(3)}",
+                                                         "role": "operator", "password": "a-long-enough-one"})
+    assert made.status_code == 303
+    operator_client, _ = signed_in(app, "operator")
+    assert operator_client.get("/console/operators").status_code == 403

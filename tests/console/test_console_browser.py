@@ -224,9 +224,13 @@ def test_pause_a_schedule_and_beat_does_not_send_it(browser, server, redis_clien
     from selenium.webdriver.common.by import By
 
     log = tmp_path / "beat.log"
-    beat = subprocess.Popen([sys.executable, "-m", "celery", "-A", "app", "beat", "--loglevel", "DEBUG",
-                             "-s", str(tmp_path / "beat-schedule")], cwd=ROOT, env=dict(os.environ) | FAST_BEAT,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+    def start_beat() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "celery", "-A", "app", "beat", "--loglevel", "DEBUG",
+                                 "-s", str(tmp_path / "beat-schedule")], cwd=ROOT, env=dict(os.environ) | FAST_BEAT,
+                                stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+    beat = start_beat()
     try:
         wait_for(lambda: _sends(log, "voice-lease-sweep") >= 2, timeout=60, message="beat sends the entry")
         d = browser
@@ -239,6 +243,14 @@ def test_pause_a_schedule_and_beat_does_not_send_it(browser, server, redis_clien
         before = _sends(log, "voice-lease-sweep")
         time.sleep(6)
         assert _sends(log, "voice-lease-sweep") == before  # beat does not send a paused entry
+        beat.terminate()
+        beat.wait(timeout=20)
+        starts = log.read_text(errors="replace").count("beat: Starting")
+        beat = start_beat()  # a restarted beat keeps the pause
+        wait_for(lambda: log.read_text(errors="replace").count("beat: Starting") > starts, timeout=30,
+                 message="beat restarted")
+        time.sleep(6)
+        assert _sends(log, "voice-lease-sweep") == before
         d.find_element(By.CSS_SELECTOR, "#schedule-voice-lease-sweep button.resume").click()
         wait_for(lambda: _sends(log, "voice-lease-sweep") > before, timeout=30, message="sent again after resume")
         assert [a[0] for a in audit_actions(d, server, name)][:2] == ["schedule.resume", "schedule.pause"]
