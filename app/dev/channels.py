@@ -18,14 +18,15 @@ given). Every accepted request is stored. Control routes, for tests and demos:
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
+
+from app.dev.http import JsonHandler, run, threading_server
 
 WHATSAPP = re.compile(r"^/whatsapp/[^/]+/(?P<phone>[^/]+)/messages$")
 INSTAGRAM = re.compile(r"^/instagram/[^/]+/me/messages$")
@@ -57,101 +58,89 @@ class ChannelState:
         return None
 
 
+class ChannelHandler(JsonHandler):
+    """Both channel APIs and the control routes, over the ``state`` of one server."""
+
+    state: ClassVar[ChannelState]
+
+    def do_GET(self) -> None:
+        if self.path == "/_received":
+            with self.state.lock:
+                items = list(self.state.received)
+            self.send_json(200, {"items": items})
+        elif self.path == "/_health":
+            self.send_json(200, {"ok": True})
+        else:
+            self.send_json(404, {"error": {"message": "unknown path", "code": 404}})
+
+    def do_POST(self) -> None:
+        body = self.read_json()
+        if self.path == "/_reset":
+            self.state.reset()
+            self.send_json(200, {"ok": True})
+        elif self.path == "/_config":
+            self._configure(body)
+        elif WHATSAPP.match(self.path) or INSTAGRAM.match(self.path):
+            self._deliver(body, "whatsapp" if WHATSAPP.match(self.path) else "instagram")
+        else:
+            self.send_json(404, {"error": {"message": "unknown path", "code": 404}})
+
+    def _configure(self, body: Any) -> None:
+        if not isinstance(body, dict):
+            self.send_json(400, {"error": {"message": "JSON object expected"}})
+            return
+        state = self.state
+        with state.lock:
+            state.latency = float(body.get("latency", state.latency))
+            state.failure_rate = float(body.get("failure_rate", state.failure_rate))
+            state.failure_status = int(body.get("failure_status", state.failure_status))
+            state.script = [int(s) for s in body.get("script", state.script)]
+            state.retry_after = body.get("retry_after", state.retry_after)
+        self.send_json(200, {"ok": True})
+
+    def _deliver(self, body: Any, channel: str) -> None:
+        state = self.state
+        auth = self.headers.get("Authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        if not token or (state.token and token != state.token):
+            self.send_json(401, {"error": {"message": "invalid OAuth access token", "code": 190}})
+            return
+        if state.latency:
+            time.sleep(state.latency)
+        forced = state.next_status()
+        if forced is not None and forced >= 400:
+            headers = {"Retry-After": state.retry_after} if state.retry_after else None
+            self.send_json(forced, {"error": {"message": f"simulated {forced}", "code": forced}}, headers)
+            return
+        if not isinstance(body, dict):
+            self.send_json(400, {"error": {"message": "invalid JSON body", "code": 100}})
+            return
+        provider_id = ("wamid." if channel == "whatsapp" else "mid.") + uuid.uuid4().hex
+        with state.lock:
+            state.received.append(
+                {"channel": channel, "path": self.path, "body": body, "provider_id": provider_id, "time": time.time()}
+            )
+        self.send_json(200, _accepted(channel, body, provider_id))
+
+
+def _accepted(channel: str, body: dict[str, Any], provider_id: str) -> dict[str, Any]:
+    """What each provider answers to an accepted message."""
+    if channel == "whatsapp":
+        return {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": body.get("to"), "wa_id": body.get("to")}],
+            "messages": [{"id": provider_id}],
+        }
+    return {"recipient_id": (body.get("recipient") or {}).get("id"), "message_id": provider_id}
+
+
 def make_handler(state: ChannelState) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet by default
-            pass
-
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _body(self) -> Any:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                return json.loads(raw or b"null")
-            except ValueError:
-                return None
-
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path == "/_received":
-                with state.lock:
-                    items = list(state.received)
-                self._send(200, {"items": items})
-            elif self.path == "/_health":
-                self._send(200, {"ok": True})
-            else:
-                self._send(404, {"error": {"message": "unknown path", "code": 404}})
-
-        def do_POST(self) -> None:  # noqa: N802
-            body = self._body()
-            if self.path == "/_reset":
-                state.reset()
-                self._send(200, {"ok": True})
-                return
-            if self.path == "/_config":
-                if not isinstance(body, dict):
-                    self._send(400, {"error": {"message": "JSON object expected"}})
-                    return
-                with state.lock:
-                    state.latency = float(body.get("latency", state.latency))
-                    state.failure_rate = float(body.get("failure_rate", state.failure_rate))
-                    state.failure_status = int(body.get("failure_status", state.failure_status))
-                    state.script = [int(s) for s in body.get("script", state.script)]
-                    state.retry_after = body.get("retry_after", state.retry_after)
-                self._send(200, {"ok": True})
-                return
-            wa, ig = WHATSAPP.match(self.path), INSTAGRAM.match(self.path)
-            if not (wa or ig):
-                self._send(404, {"error": {"message": "unknown path", "code": 404}})
-                return
-            auth = self.headers.get("Authorization", "")
-            token = auth[7:] if auth.startswith("Bearer ") else ""
-            if not token or (state.token and token != state.token):
-                self._send(401, {"error": {"message": "invalid OAuth access token", "code": 190}})
-                return
-            if state.latency:
-                time.sleep(state.latency)
-            forced = state.next_status()
-            if forced is not None and forced >= 400:
-                headers = {"Retry-After": state.retry_after} if state.retry_after else None
-                self._send(forced, {"error": {"message": f"simulated {forced}", "code": forced}}, headers)
-                return
-            if not isinstance(body, dict):
-                self._send(400, {"error": {"message": "invalid JSON body", "code": 100}})
-                return
-            channel = "whatsapp" if wa else "instagram"
-            provider_id = ("wamid." if wa else "mid.") + uuid.uuid4().hex
-            with state.lock:
-                state.received.append(
-                    {"channel": channel, "path": self.path, "body": body, "provider_id": provider_id, "time": time.time()}
-                )
-            if wa:
-                self._send(200, {
-                    "messaging_product": "whatsapp",
-                    "contacts": [{"input": body.get("to"), "wa_id": body.get("to")}],
-                    "messages": [{"id": provider_id}],
-                })
-            else:
-                recipient = (body.get("recipient") or {}).get("id")
-                self._send(200, {"recipient_id": recipient, "message_id": provider_id})
-
-    return Handler
+    """The handler class of one server, bound to its state."""
+    return type("Handler", (ChannelHandler,), {"state": state})
 
 
 def make_server(host: str = "127.0.0.1", port: int = 9100, token: str | None = None) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(ChannelState(token)))
-    server.daemon_threads = True
-    return server
+    return threading_server(host, port, make_handler(ChannelState(token)))
 
 
 def main() -> None:
@@ -160,14 +149,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--token", default=None, help="require exactly this bearer token")
     args = parser.parse_args()
-    server = make_server(args.host, args.port, args.token)
-    print(f"channel server on http://{args.host}:{server.server_port}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    run(make_server(args.host, args.port, args.token), "channel server")
 
 
 if __name__ == "__main__":

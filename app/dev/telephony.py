@@ -13,12 +13,13 @@ stored once, like a real provider. Control routes, for tests and demos:
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
+
+from app.dev.http import JsonHandler, run, threading_server
 
 
 class TelephonyState:
@@ -35,69 +36,58 @@ class TelephonyState:
             self.script: list[int] = []
 
 
-def make_handler(state: TelephonyState) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class TelephonyHandler(JsonHandler):
+    """``POST /calls`` and the control routes, over the ``state`` of one server."""
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+    state: ClassVar[TelephonyState]
 
-        def _send(self, status: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def do_GET(self) -> None:
+        if self.path == "/_calls":
+            with self.state.lock:
+                self.send_json(200, {"items": list(self.state.calls)})
+        else:
+            self.send_json(404, {"error": "not found"})
 
-        def _body(self) -> Any:
-            length = int(self.headers.get("Content-Length") or 0)
-            try:
-                return json.loads(self.rfile.read(length) or b"{}")
-            except ValueError:
-                return None
-
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path == "/_calls":
-                with state.lock:
-                    self._send(200, {"items": list(state.calls)})
-            else:
-                self._send(404, {"error": "not found"})
-
-        def do_POST(self) -> None:  # noqa: N802
-            body = self._body()
-            if self.path == "/_reset":
-                state.reset()
-                return self._send(200, {"ok": True})
-            if self.path == "/_config":
-                with state.lock:
-                    state.script = list((body or {}).get("script", []))
-                return self._send(200, {"ok": True})
-            if self.path != "/calls":
-                return self._send(404, {"error": "not found"})
-            if not self.headers.get("Authorization", "").removeprefix("Bearer ").strip():
-                return self._send(401, {"error": "missing token"})
-            if not isinstance(body, dict) or not str(body.get("to") or "").strip():
-                return self._send(400, {"error": "`to` is required"})
-            key = self.headers.get("Idempotency-Key") or uuid.uuid4().hex
+    def do_POST(self) -> None:
+        body = self.read_json(empty={})
+        state = self.state
+        if self.path == "/_reset":
+            state.reset()
+            return self.send_json(200, {"ok": True})
+        if self.path == "/_config":
             with state.lock:
-                if state.script:
-                    return self._send(state.script.pop(0), {"error": "scripted failure"})
-                call_id = state.by_key.get(key)
-                if call_id is None:
-                    call_id = f"call_{uuid.uuid4().hex[:16]}"
-                    state.by_key[key] = call_id
-                    state.calls.append({"id": call_id, "key": key, "body": body, "time": time.time()})
-            self._send(201, {"id": call_id})
+                state.script = list((body or {}).get("script", []))
+            return self.send_json(200, {"ok": True})
+        if self.path != "/calls":
+            return self.send_json(404, {"error": "not found"})
+        if not self.headers.get("Authorization", "").removeprefix("Bearer ").strip():
+            return self.send_json(401, {"error": "missing token"})
+        if not isinstance(body, dict) or not str(body.get("to") or "").strip():
+            return self.send_json(400, {"error": "`to` is required"})
+        return self._call(body)
 
-    return Handler
+    def _call(self, body: dict[str, Any]) -> None:
+        key = self.headers.get("Idempotency-Key") or uuid.uuid4().hex
+        state = self.state
+        with state.lock:
+            if state.script:
+                return self.send_json(state.script.pop(0), {"error": "scripted failure"})
+            call_id = state.by_key.get(key)
+            if call_id is None:
+                call_id = f"call_{uuid.uuid4().hex[:16]}"
+                state.by_key[key] = call_id
+                state.calls.append({"id": call_id, "key": key, "body": body, "time": time.time()})
+        return self.send_json(201, {"id": call_id})
+
+
+def make_handler(state: TelephonyState) -> type[BaseHTTPRequestHandler]:
+    """The handler class of one server, bound to its state."""
+    return type("Handler", (TelephonyHandler,), {"state": state})
 
 
 def serve(port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
     """Build the server (not started), for tests that run it in a thread."""
-    server = ThreadingHTTPServer((host, port), make_handler(TelephonyState()))
-    server.daemon_threads = True
-    return server
+    return threading_server(host, port, make_handler(TelephonyState()))
 
 
 def main() -> None:
@@ -105,12 +95,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9110)
     args = parser.parse_args()
-    server = serve(args.port, args.host)
-    print(f"telephony server on http://{args.host}:{args.port}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    run(serve(args.port, args.host), "telephony server")
 
 
 if __name__ == "__main__":
