@@ -24,14 +24,22 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.models.base import utcnow
-from app.models.messages import CHANNELS, DeadLetter, Message, MessageDelivery, MessageStatusUpdate
+from app.models.messages import (
+    CHANNELS,
+    DeadLetter,
+    DeliveryStatus,
+    Message,
+    MessageDelivery,
+    MessageStatus,
+    MessageStatusUpdate,
+)
 from app.services.channels import OutgoingMessage, PermanentChannelError, TransientChannelError
 from app.services.outbox import add_event
 
@@ -224,85 +232,10 @@ def route_message(deps: RouteDeps, message_id: str, task_id: str, replay: int | 
         if not _claim_router(session, deps, message_id, task_id, replay):
             logger.info("duplicate router task skipped", extra={"message_id": message_id, "task": task_id})
             return RouteOutcome("duplicate", message.status)
-        deliveries = [(d.id, d.channel, d.status, d.attempts, d.lease_until) for d in message.deliveries]
+        deliveries = [_Delivery(d.id, d.channel, d.status, d.attempts, d.lease_until) for d in message.deliveries]
         outgoing = OutgoingMessage(message.id, message.recipient, message.content)
-
-    retry_in: float | None = None
-    for delivery_id, channel, status, attempts, lease_until in deliveries:
-        now = utcnow()
-        if status in ("accepted", "failed"):
-            continue
-        if status == "sending":
-            if lease_until is not None and lease_until > now:
-                wait = max(1.0, (lease_until - now).total_seconds())
-                retry_in = wait if retry_in is None else min(retry_in, wait)
-                continue
-            with deps.scope() as session:
-                lost = session.execute(
-                    update(MessageDelivery)
-                    .where(MessageDelivery.id == delivery_id, MessageDelivery.status == "sending",
-                           MessageDelivery.attempts == attempts)
-                    .values(status="failed", lease_until=None,
-                            last_error="worker lost during the send: outcome unknown, not resent"),
-                    execution_options={"synchronize_session": False},
-                ).rowcount
-                if lost:
-                    d = session.get(MessageDelivery, delivery_id, populate_existing=True)
-                    assert d is not None
-                    _dead_letter(session, d, "unknown_outcome", d.last_error or "")
-            continue
-
-        # pending: claim it, commit, then send
-        with deps.scope() as session:
-            claimed = session.execute(
-                update(MessageDelivery)
-                .where(MessageDelivery.id == delivery_id, MessageDelivery.status == "pending",
-                       MessageDelivery.attempts == attempts)
-                .values(status="sending", attempts=attempts + 1,
-                        lease_until=now + timedelta(seconds=deps.lease_seconds)),
-                execution_options={"synchronize_session": False},
-            ).rowcount
-        if not claimed:
-            continue
-        attempt = attempts + 1
-        try:
-            provider_id = deps.channels[channel].send(outgoing)
-        except TransientChannelError as exc:
-            with deps.scope() as session:
-                d = session.get(MessageDelivery, delivery_id)
-                assert d is not None
-                d.last_error = str(exc)[:2000]
-                d.lease_until = None
-                message = session.get(Message, message_id)
-                assert message is not None
-                if attempt > deps.max_retries:
-                    d.status = "failed"
-                    _dead_letter(session, d, "exhausted", f"{channel}: {exc} (after {attempt} attempts)")
-                else:
-                    d.status = "pending"
-                    wait = exc.retry_after if exc.retry_after is not None else deps.backoff(attempt)
-                    retry_in = wait if retry_in is None else min(retry_in, wait)
-                    session.add(MessageStatusUpdate(
-                        message_id=message_id, status=message.status,
-                        detail=f"{channel}: {exc}; retry {attempt} in {wait:.1f}s",
-                    ))
-        except PermanentChannelError as exc:
-            with deps.scope() as session:
-                d = session.get(MessageDelivery, delivery_id)
-                assert d is not None
-                d.status, d.lease_until, d.last_error = "failed", None, f"{channel}: {exc}"[:2000]
-                _dead_letter(session, d, "permanent", d.last_error)
-        else:
-            with deps.scope() as session:
-                d = session.get(MessageDelivery, delivery_id)
-                assert d is not None
-                d.status, d.lease_until, d.provider_message_id, d.last_error = "accepted", None, provider_id, None
-                message = session.get(Message, message_id)
-                assert message is not None
-                session.add(MessageStatusUpdate(
-                    message_id=message_id, status="sent", detail=f"{channel} accepted", data={"provider_message_id": provider_id},
-                ))
-
+    waits = [_route_delivery(deps, message_id, outgoing, delivery) for delivery in deliveries]
+    retry_in = min((w for w in waits if w is not None), default=None)
     with deps.scope() as session:
         final = _refresh_message_status(session, deps, message_id)
         message = session.get(Message, message_id)
@@ -311,6 +244,107 @@ def route_message(deps: RouteDeps, message_id: str, task_id: str, replay: int | 
     if final in TERMINAL:
         return RouteOutcome("done", final)
     return RouteOutcome("pending", final, retry_in if retry_in is not None else deps.backoff(1))
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    """One channel's delivery as the router read it."""
+
+    id: int
+    channel: str
+    status: str
+    attempts: int
+    lease_until: datetime | None
+
+
+def _route_delivery(deps: RouteDeps, message_id: str, outgoing: OutgoingMessage, delivery: _Delivery) -> float | None:
+    """Settle or send one delivery; the seconds after which to look again, if any."""
+    now = utcnow()
+    if delivery.status in (DeliveryStatus.ACCEPTED, DeliveryStatus.FAILED):
+        return None
+    if delivery.status == DeliveryStatus.SENDING:
+        if delivery.lease_until is not None and delivery.lease_until > now:
+            return max(1.0, (delivery.lease_until - now).total_seconds())
+        _settle_lost(deps, delivery)
+        return None
+    # pending: claim it, commit, then send
+    with deps.scope() as session:
+        claimed = session.execute(
+            update(MessageDelivery)
+            .where(MessageDelivery.id == delivery.id, MessageDelivery.status == DeliveryStatus.PENDING,
+                   MessageDelivery.attempts == delivery.attempts)
+            .values(status=DeliveryStatus.SENDING, attempts=delivery.attempts + 1,
+                    lease_until=now + timedelta(seconds=deps.lease_seconds)),
+            execution_options={"synchronize_session": False},
+        ).rowcount
+    if not claimed:
+        return None
+    return _send(deps, message_id, outgoing, delivery.id, delivery.channel, delivery.attempts + 1)
+
+
+def _settle_lost(deps: RouteDeps, delivery: _Delivery) -> None:
+    """A send whose worker died with the lease: its outcome is unknown, so it is failed and
+    dead-lettered rather than sent twice."""
+    with deps.scope() as session:
+        lost = session.execute(
+            update(MessageDelivery)
+            .where(MessageDelivery.id == delivery.id, MessageDelivery.status == DeliveryStatus.SENDING,
+                   MessageDelivery.attempts == delivery.attempts)
+            .values(status=DeliveryStatus.FAILED, lease_until=None,
+                    last_error="worker lost during the send: outcome unknown, not resent"),
+            execution_options={"synchronize_session": False},
+        ).rowcount
+        if lost:
+            d = session.get(MessageDelivery, delivery.id, populate_existing=True)
+            assert d is not None
+            _dead_letter(session, d, "unknown_outcome", d.last_error or "")
+
+
+def _send(deps: RouteDeps, message_id: str, outgoing: OutgoingMessage, delivery_id: int, channel: str,
+          attempt: int) -> float | None:
+    """Send a claimed delivery and record what the channel said; a retry's wait, if any."""
+    try:
+        provider_id = deps.channels[channel].send(outgoing)
+    except TransientChannelError as exc:
+        return _record_transient(deps, message_id, delivery_id, channel, attempt, exc)
+    except PermanentChannelError as exc:
+        with deps.scope() as session:
+            d = session.get(MessageDelivery, delivery_id)
+            assert d is not None
+            d.status, d.lease_until, d.last_error = DeliveryStatus.FAILED, None, f"{channel}: {exc}"[:2000]
+            _dead_letter(session, d, "permanent", d.last_error)
+        return None
+    with deps.scope() as session:
+        d = session.get(MessageDelivery, delivery_id)
+        assert d is not None
+        d.status, d.lease_until, d.provider_message_id, d.last_error = DeliveryStatus.ACCEPTED, None, provider_id, None
+        session.add(MessageStatusUpdate(
+            message_id=message_id, status=MessageStatus.SENT, detail=f"{channel} accepted",
+            data={"provider_message_id": provider_id},
+        ))
+    return None
+
+
+def _record_transient(deps: RouteDeps, message_id: str, delivery_id: int, channel: str, attempt: int,
+                      exc: TransientChannelError) -> float | None:
+    """Give the delivery back for a retry, or dead-letter it once its retries are spent."""
+    with deps.scope() as session:
+        d = session.get(MessageDelivery, delivery_id)
+        assert d is not None
+        d.last_error = str(exc)[:2000]
+        d.lease_until = None
+        if attempt > deps.max_retries:
+            d.status = DeliveryStatus.FAILED
+            _dead_letter(session, d, "exhausted", f"{channel}: {exc} (after {attempt} attempts)")
+            return None
+        d.status = DeliveryStatus.PENDING
+        wait = exc.retry_after if exc.retry_after is not None else deps.backoff(attempt)
+        message = session.get(Message, message_id)
+        assert message is not None
+        session.add(MessageStatusUpdate(
+            message_id=message_id, status=message.status, detail=f"{channel}: {exc}; retry {attempt} in {wait:.1f}s",
+        ))
+        return wait
 
 
 # --- dead-letter queue ----------------------------------------------------------------------
