@@ -11,8 +11,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -123,3 +124,11 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def rows_changed(session: Session, statement: Executable, *, synchronize: bool = True) -> int:
+    """Execute an INSERT, UPDATE or DELETE; how many rows it changed (a conditional
+    UPDATE's answer to "did I win?"). ``synchronize=False`` leaves the session's loaded
+    objects alone (``synchronize_session=False``)."""
+    options = {} if synchronize else {"synchronize_session": False}
+    return int(cast(CursorResult[Any], session.execute(statement, execution_options=options)).rowcount)

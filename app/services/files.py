@@ -38,6 +38,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from app.db import rows_changed
 from app.filenames import sanitize_filename
 from app.models.base import utcnow
 from app.models.files import COMPLETED, FAILED, MERGING, UPLOADING, File, FileChunk
@@ -633,14 +634,15 @@ def _take(session: Session, file: File, token: str, lease_seconds: float) -> boo
     """The conditional UPDATE that claims a ``MERGING`` file whose lease is free (the file
     is refreshed after it); ``MergeBusy`` while another delivery's lease runs."""
     now = utcnow()
-    claimed = session.execute(
+    claimed = rows_changed(
+        session,
         update(File)
         .where(File.id == file.id, File.status == MERGING,
                or_(File.merge_lease_until.is_(None), File.merge_lease_until < now))
         .values(merge_token=token, merge_lease_until=now + timedelta(seconds=lease_seconds),
                 merge_attempts=File.merge_attempts + 1, merge_parts_done=0),
-        execution_options={"synchronize_session": False},
-    ).rowcount
+        synchronize=False,
+    )
     session.refresh(file)
     if not claimed and file.status == MERGING and file.merge_lease_until is not None:
         raise MergeBusy(max(0.5, (file.merge_lease_until - now).total_seconds()))
@@ -658,11 +660,12 @@ def _heartbeat(scope: Scope, file_id: str, token: str, lease_seconds: float) -> 
         if upload_id is not None:
             values["upload_id"] = upload_id
         with scope() as session:
-            renewed = session.execute(
+            renewed = rows_changed(
+                session,
                 update(File).where(File.id == file_id, File.merge_token == token, File.status == MERGING)
                 .values(**values),
-                execution_options={"synchronize_session": False},
-            ).rowcount
+                synchronize=False,
+            )
         if not renewed:
             raise LostClaim(f"file {file_id}: claim lost")
 
@@ -702,14 +705,15 @@ def _record_merged(scope: Scope, storage: Storage, claimed: _Claimed, result: Co
     sent = traffic.sent if traffic.measured else None
     now = utcnow()
     with scope() as session:
-        done = session.execute(
+        done = rows_changed(
+            session,
             update(File).where(File.id == file_id, File.merge_token == claimed.token, File.status == MERGING)
             .values(status=COMPLETED, object_key=result.key, final_size=result.size, checksum=result.etag,
                     sha256=result.sha256, merge_token=None, merge_lease_until=None, upload_id=None,
                     merge_parts_done=len(claimed.parts), merge_bytes_received=received, completed_at=now,
                     last_activity_at=now, failure_reason=None),
-            execution_options={"synchronize_session": False},
-        ).rowcount
+            synchronize=False,
+        )
     if not done:
         return MergeOutcome(file_id, "lost")
     logger.info("file merged", extra={"file_id": file_id, "size": result.size, "parts": len(claimed.parts),
@@ -750,8 +754,8 @@ def purge_chunks(scope: Scope, storage: Storage, file_id: str) -> tuple[int, int
     """
     objects = storage.delete_prefix(chunk_prefix(file_id))
     with scope() as session:
-        rows = session.execute(delete(FileChunk).where(FileChunk.file_id == file_id),
-                               execution_options={"synchronize_session": False}).rowcount
+        rows = rows_changed(session, delete(FileChunk).where(FileChunk.file_id == file_id),
+                               synchronize=False)
         session.execute(update(File).where(File.id == file_id).values(chunks_purged_at=utcnow()),
                         execution_options={"synchronize_session": False})
     return objects, rows

@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 
+from app.db import rows_changed
 from app.models.base import utcnow
 from app.models.files import COMPLETED, FAILED, MERGING, UPLOADING, File
 from app.models.ocr import Upload
@@ -246,12 +247,13 @@ def _purge_incomplete_uploads(scope: Scope, storage: Storage, cutoff: datetime, 
             failed: list[tuple[str, str]] = []
             for upload_id, key in batch:
                 now = utcnow()
-                if session.execute(
+                if rows_changed(
+                    session,
                     update(Upload).where(Upload.id == upload_id, Upload.status == "uploaded")
                     .values(status="failed", finished_at=now, updated_at=now, claim_token=None,
                             error=f"abandoned: the upload was not completed within {hours:g} h; its file was deleted"),
-                    execution_options={"synchronize_session": False},
-                ).rowcount:
+                    synchronize=False,
+                ):
                     failed.append((upload_id, key))
         # Committed: a late ``complete`` now answers "failed", so the object can go. A row
         # failed here whose object could not be deleted is left to the failed-upload purge.
@@ -311,12 +313,13 @@ def _purge_voice_audio(scope: Scope, storage: Storage, status: str, cutoff: date
                 skip.add(task_id)
                 continue
             with scope() as session:
-                cleared = session.execute(
+                cleared = rows_changed(
+                    session,
                     update(VoiceJob).where(VoiceJob.id == task_id, VoiceJob.audio_key == key,
                                             VoiceJob.status == status)
                     .values(audio_key=None),
-                    execution_options={"synchronize_session": False},
-                ).rowcount
+                    synchronize=False,
+                )
             result.voice_audio_deleted += cleared
             if not cleared:
                 skip.add(task_id)

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.db import rows_changed
 from app.models.base import utcnow
 from app.models.messages import (
     CHANNELS,
@@ -176,13 +177,14 @@ def _claim_router(session: Session, deps: RouteDeps, message_id: str, task_id: s
                     return False
         except Exception:  # Redis down: the database check below still holds
             logger.warning("dedup store unavailable; relying on the database check", exc_info=True)
-    claimed = session.execute(
+    claimed = rows_changed(
+        session,
         update(Message)
         .where(Message.id == message_id)
         .where((Message.router_task_id.is_(None)) | (Message.router_task_id == task_id))
         .values(router_task_id=task_id),
-        execution_options={"synchronize_session": False},
-    ).rowcount
+        synchronize=False,
+    )
     return claimed == 1
 
 
@@ -269,14 +271,15 @@ def _route_delivery(deps: RouteDeps, message_id: str, outgoing: OutgoingMessage,
         return None
     # pending: claim it, commit, then send
     with deps.scope() as session:
-        claimed = session.execute(
+        claimed = rows_changed(
+            session,
             update(MessageDelivery)
             .where(MessageDelivery.id == delivery.id, MessageDelivery.status == DeliveryStatus.PENDING,
                    MessageDelivery.attempts == delivery.attempts)
             .values(status=DeliveryStatus.SENDING, attempts=delivery.attempts + 1,
                     lease_until=now + timedelta(seconds=deps.lease_seconds)),
-            execution_options={"synchronize_session": False},
-        ).rowcount
+            synchronize=False,
+        )
     if not claimed:
         return None
     return _send(deps, message_id, outgoing, delivery.id, delivery.channel, delivery.attempts + 1)
@@ -286,14 +289,15 @@ def _settle_lost(deps: RouteDeps, delivery: _Delivery) -> None:
     """A send whose worker died with the lease: its outcome is unknown, so it is failed and
     dead-lettered rather than sent twice."""
     with deps.scope() as session:
-        lost = session.execute(
+        lost = rows_changed(
+            session,
             update(MessageDelivery)
             .where(MessageDelivery.id == delivery.id, MessageDelivery.status == DeliveryStatus.SENDING,
                    MessageDelivery.attempts == delivery.attempts)
             .values(status=DeliveryStatus.FAILED, lease_until=None,
                     last_error="worker lost during the send: outcome unknown, not resent"),
-            execution_options={"synchronize_session": False},
-        ).rowcount
+            synchronize=False,
+        )
         if lost:
             d = session.get(MessageDelivery, delivery.id, populate_existing=True)
             assert d is not None

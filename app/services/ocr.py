@@ -45,6 +45,7 @@ from typing import IO, Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from app.db import rows_changed
 from app.filenames import sanitize_filename
 from app.models.base import utcnow
 from app.models.ocr import Upload
@@ -248,11 +249,12 @@ def complete_upload(session: Session, storage: Storage, upload_id: str, limits: 
             session.flush()
             logger.info("direct upload rejected and deleted", extra={"upload_id": upload_id, "reason": exc.reason})
             return upload, False
-    claimed = session.execute(
+    claimed = rows_changed(
+        session,
         update(Upload).where(Upload.id == upload_id, Upload.status == "uploaded")
         .values(status="queued", queued_at=utcnow(), updated_at=utcnow()),
-        execution_options={"synchronize_session": False},
-    ).rowcount
+        synchronize=False,
+    )
     if claimed:
         add_event(session, aggregate_type="upload", aggregate_id=upload_id, event_type="upload.completed",
                   task_name=PROCESS_TASK, payload={"upload_id": upload_id})
@@ -304,15 +306,16 @@ def _claim(deps: OcrDeps, upload_id: str) -> tuple[str | None, Upload | None]:
     token = uuid.uuid4().hex
     now = utcnow()
     with deps.scope() as session:
-        claimed = session.execute(
+        claimed = rows_changed(
+            session,
             update(Upload)
             .where(Upload.id == upload_id, Upload.status.in_(("queued", "processing")),
                    Upload.attempts < deps.limits.max_attempts)
             .values(status="processing", claim_token=token, attempts=Upload.attempts + 1, pages_done=0,
                     pages_total=None, text=None, page_confidences=None, parsed_preview=None, error=None,
                     started_at=now, finished_at=None, updated_at=now),
-            execution_options={"synchronize_session": False},
-        ).rowcount
+            synchronize=False,
+        )
         upload = session.get(Upload, upload_id)
         if upload is not None:
             session.expunge(upload)
@@ -323,11 +326,12 @@ def _write(deps: OcrDeps, upload_id: str, token: str, **values: Any) -> None:
     """Update the row only while our claim stands; otherwise stop this attempt."""
     values.setdefault("updated_at", utcnow())
     with deps.scope() as session:
-        changed = session.execute(
+        changed = rows_changed(
+            session,
             update(Upload).where(Upload.id == upload_id, Upload.claim_token == token, Upload.status == "processing")
             .values(**values),
-            execution_options={"synchronize_session": False},
-        ).rowcount
+            synchronize=False,
+        )
     if not changed:
         raise LostClaim(upload_id)
 
@@ -409,11 +413,12 @@ def _give_up(deps: OcrDeps, upload_id: str, attempts: int) -> ProcessOutcome:
 def fail_upload(scope: Callable[[], AbstractContextManager[Session]], upload_id: str, reason: str) -> bool:
     """Mark an unfinished upload failed (the task gave up on retries); False if it had finished."""
     with scope() as session:
-        return bool(session.execute(
+        return bool(rows_changed(
+            session,
             update(Upload).where(Upload.id == upload_id, Upload.status.in_(("queued", "processing")))
             .values(status="failed", error=reason, finished_at=utcnow(), updated_at=utcnow(), claim_token=None),
-            execution_options={"synchronize_session": False},
-        ).rowcount)
+            synchronize=False,
+        ))
 
 
 def _ocr_file(deps: OcrDeps, upload_id: str, token: str, key: str, tmp: Path,

@@ -41,12 +41,13 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, select, update
 from sqlalchemy import event as sa_event
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, SessionTransaction
 
+from app.db import rows_changed
 from app.models.base import utcnow
 from app.models.outbox import OutboxEvent
 from app.tracing import TRACE_KEY, carrier
@@ -169,12 +170,12 @@ def event_id_for(task_id: str | None) -> int | None:
 
 def mark_consumed(session: Session, event_ids: list[int], now: datetime | None = None) -> int:
     """Record that a worker started the events' tasks; how many were not recorded before."""
-    result = session.execute(
+    return rows_changed(
+        session,
         update(OutboxEvent).where(OutboxEvent.id.in_(event_ids), OutboxEvent.consumed_at.is_(None))
         .values(consumed_at=now or utcnow()),
-        execution_options={"synchronize_session": False},
+        synchronize=False,
     )
-    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def hand_back(session: Session, event_id: int, delay: float, kwargs: dict[str, Any],

@@ -33,6 +33,7 @@ import docker
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
+from app.db import rows_changed
 from app.models.base import utcnow
 from app.models.scans import ScanAudit, ScanJob, ScanResult
 from app.services.outbox import add_event
@@ -111,12 +112,13 @@ def transition(session: Session, job_id: str, *, from_state: str, to_state: str,
     changes: dict[str, Any] = {"state": to_state, "version": new_version, "updated_at": now, **(values or {})}
     if to_state in TERMINAL:
         changes.setdefault("finished_at", now)
-    updated = session.execute(
+    updated = rows_changed(
+        session,
         update(ScanJob)
         .where(ScanJob.id == job_id, ScanJob.state == from_state, ScanJob.version == version)
         .values(**changes),
-        execution_options={"synchronize_session": False},
-    ).rowcount
+        synchronize=False,
+    )
     if updated != 1:
         logger.info("scan transition lost: another worker owns the job", extra={
             "scan_id": job_id, "from": from_state, "to": to_state, "version": version})

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session
 
+from app.db import rows_changed
 from app.metrics import SCHEDULE_ITEMS
 from app.models.base import utcnow
 from app.models.jobs import JobRun
@@ -33,8 +34,8 @@ from app.models.schedules import (
 )
 from app.services import jobs
 from app.services.jobs import Scope
-from app.services.outbox import add_event
 from app.services.messages import SYSTEM_ID_PREFIX, submit_message
+from app.services.outbox import add_event
 
 logger = logging.getLogger(__name__)
 
@@ -303,9 +304,9 @@ def start_due_campaigns(session: Session, now: datetime, batch_size: int, batch_
                         (func.row_number().over(order_by=CampaignRecipient.id) - 1).label("pos")).where(
             CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.status == "pending",
         ).subquery()
-        pending = session.execute(update(CampaignRecipient).where(CampaignRecipient.id == ranked.c.rid)
+        pending = rows_changed(session, update(CampaignRecipient).where(CampaignRecipient.id == ranked.c.rid)
                                   .values(batch=ranked.c.pos // batch_size),
-                                  execution_options={"synchronize_session": False}).rowcount
+                                  synchronize=False)
         batches = (pending + batch_size - 1) // batch_size
         for b in range(batches):
             plans.append(BatchPlan(campaign.id, b, b * batch_delay))
@@ -333,10 +334,11 @@ class BatchResult:
 
 
 def _claim_recipient(session: Session, recipient_id: int) -> bool:
-    return session.execute(
+    return rows_changed(
+        session,
         update(CampaignRecipient).where(CampaignRecipient.id == recipient_id, CampaignRecipient.status == "pending")
         .values(status="sending")
-    ).rowcount == 1
+    ) == 1
 
 
 @dataclass(frozen=True)
@@ -520,8 +522,8 @@ def send_reminder(scope: Scope, lead_id: int, due: datetime, now: datetime, peri
         lead = session.get(Lead, lead_id)
         if lead is None:
             return "already_done"
-        claimed = session.execute(update(Lead).where(Lead.id == lead_id, Lead.next_reminder_at == due).values(
-            next_reminder_at=now + period, last_reminder_at=now)).rowcount == 1
+        claimed = rows_changed(session, update(Lead).where(Lead.id == lead_id, Lead.next_reminder_at == due).values(
+            next_reminder_at=now + period, last_reminder_at=now)) == 1
         if not claimed:
             return "already_done"
         if not lead.email:
@@ -567,11 +569,12 @@ def plan_calls(session: Session, now: datetime | None = None, max_age: timedelta
     """
     now = now or utcnow()
     plan = CallPlan()
-    plan.expired = session.execute(
+    plan.expired = rows_changed(
+        session,
         update(CallRequest).where(CallRequest.status == "queued", CallRequest.scheduled_for < now - max_age)
         .values(status="expired", finished_at=now,
                 last_error=f"not dialled within {max_age.total_seconds() / 3600:g} h of its scheduled time")
-    ).rowcount
+    )
     rows = session.execute(
         select(CallRequest.id, Tenant.id, Tenant.timezone, Tenant.business_hours, Tenant.status)
         .join(Tenant, Tenant.id == CallRequest.tenant_id)
@@ -610,9 +613,9 @@ def dial_call(scope: Scope, call_id: int, dial: Callable[[str, str, int, int], s
     from app.services.telephony import TelephonyRejected, TelephonyTransient
 
     with scope() as session:
-        claimed = session.execute(update(CallRequest).where(
+        claimed = rows_changed(session, update(CallRequest).where(
             CallRequest.id == call_id, CallRequest.status == "queued").values(
-            status="dialing", attempts=CallRequest.attempts + 1)).rowcount == 1
+            status="dialing", attempts=CallRequest.attempts + 1)) == 1
         call = session.get(CallRequest, call_id)
         if call is None or (not claimed and call.status != "dialing"):
             return "noop"
@@ -689,12 +692,12 @@ def hold_suspended_tenant_work(session: Session, tenant_id: int, now: datetime) 
     tenant = session.get(Tenant, tenant_id)
     if tenant is None or tenant.status != "suspended":
         return {"calls": 0, "campaigns": 0}
-    calls = session.execute(update(CallRequest).where(
+    calls = rows_changed(session, update(CallRequest).where(
         CallRequest.tenant_id == tenant_id, CallRequest.status == "queued",
-    ).values(status="expired", finished_at=now, last_error="tenant suspended")).rowcount
-    campaigns = session.execute(update(Campaign).where(
+    ).values(status="expired", finished_at=now, last_error="tenant suspended"))
+    campaigns = rows_changed(session, update(Campaign).where(
         Campaign.tenant_id == tenant_id, Campaign.status == "scheduled",
-    ).values(status="failed", finished_at=now, last_error="tenant suspended")).rowcount
+    ).values(status="failed", finished_at=now, last_error="tenant suspended"))
     return {"calls": calls, "campaigns": campaigns}
 
 

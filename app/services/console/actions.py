@@ -18,11 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.db import rows_changed
 from app.models.base import utcnow
 from app.models.messages import DeadLetter
 from app.models.ocr import Upload
@@ -112,8 +113,7 @@ def _replay_outbox(session: Session, job_id: str, actor: str) -> bool:
 
 def _updated(session: Session, stmt: Any) -> int:
     """Rows a conditional UPDATE changed."""
-    result = session.execute(stmt, execution_options={"synchronize_session": False})
-    return int(cast(CursorResult[Any], result).rowcount)
+    return rows_changed(session, stmt, synchronize=False)
 
 
 def _cancel_ocr(session: Session, job_id: str, actor: str) -> bool:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app import outbound
+from app.db import rows_changed
 from app.models.base import utcnow
 from app.models.voice import VoiceJob
 from app.services.outbox import add_event
@@ -128,8 +129,7 @@ def _transition(session: Session, task: VoiceJob, expect: tuple[str, ...], holde
                                    VoiceJob.status.in_(expect))
     if holder is not None:
         stmt = stmt.where(VoiceJob.claimed_by == holder)
-    result = session.execute(stmt.values(**values), execution_options={"synchronize_session": False})
-    if result.rowcount != 1:
+    if rows_changed(session, stmt.values(**values), synchronize=False) != 1:
         return False
     for key, value in values.items():
         set_committed_value(task, key, value)
@@ -202,12 +202,13 @@ def renew_leases(session: Session, task_ids: list[str], holder: str, lease_secon
     if not task_ids:
         return 0
     now = now or utcnow()
-    return session.execute(
+    return rows_changed(
+        session,
         update(VoiceJob).where(VoiceJob.id.in_(task_ids), VoiceJob.status.in_(HELD),
                                 VoiceJob.claimed_by == holder)
         .values(lease_until=now + timedelta(seconds=lease_seconds), updated_at=now),
-        execution_options={"synchronize_session": False},
-    ).rowcount
+        synchronize=False,
+    )
 
 
 def claim_next(session: Session, holder: str, targets: list[str], lease_seconds: float,
