@@ -49,9 +49,9 @@ from app.db import rows_changed
 from app.filenames import sanitize_filename
 from app.models.base import utcnow
 from app.models.ocr import Upload
-from app.services.ocr_image import Prepared, prepare
+from app.services.ocr_image import Prepared, prepare, write_crops
 from app.services.outbox import add_event
-from app.services.scorecard import Word, parse_scorecard
+from app.services.scorecard import Word, parse_scorecard, recheck
 from app.storage import Storage, StorageKeyNotFound
 
 logger = logging.getLogger(__name__)
@@ -666,6 +666,8 @@ def ocr_page(path: Path, number: int, limits: OcrLimits, workdir: Path | None = 
             run_tesseract(str(prepared.path), str(out_base), "tsv", limits.language, f"{TESSERACT_CONFIG} tsv",
                           timeout=timeout)
         tsv = Path(f"{out_base}.tsv").read_text(encoding="utf-8", errors="replace")
+        lines, confidences = parse_tsv(tsv)
+        lines = second_look(prepared, lines, out_base, limits)
     except RuntimeError as exc:
         if "timeout" in str(exc).lower():
             raise UploadRejected(f"OCR of page {number} took longer than {timeout:g} s") from None
@@ -679,17 +681,71 @@ def ocr_page(path: Path, number: int, limits: OcrLimits, workdir: Path | None = 
         if prepared.path != path:
             prepared.path.unlink(missing_ok=True)
     seconds = time.monotonic() - started
-    lines, confidences = parse_tsv(tsv)
     text = "\n".join(" ".join(w.text for w in line) for line in lines)
     mean = round(statistics.fmean(confidences), 2) if confidences else None
     return PageResult(lines, text, mean, seconds, prepared.steps, prepared.applied)
+
+
+#: The second look: one line per crop, digits and what numbers are printed with only.
+SECOND_LOOK_CONFIG = '--psm 7 --oem 3 -c "tessedit_char_whitelist=0123456789.*- "'
+
+
+def second_look(prepared: Prepared, lines: list[list[Word]], out_base: Path, limits: OcrLimits) -> list[list[Word]]:
+    """Re-read the numbers of the rows that look wrong (``scorecard.recheck``): their boxes,
+    cropped from the prepared page, go to one Tesseract run with a digit whitelist and one
+    line per crop; the parser's row arithmetic decides what is kept. Only suspect rows are
+    read again, so a clean page costs the selection only."""
+    from pytesseract.pytesseract import run_tesseract
+
+    started = time.monotonic()
+    found = recheck.suspects(lines)
+    if not found or prepared.image is None:
+        prepared.steps["second_look"] = time.monotonic() - started
+        return lines
+    crops = Path(f"{out_base}-crops.tif")
+    try:
+        where = write_crops(prepared.image, [s.box for s in found], crops)
+        with _tesseract_env():
+            run_tesseract(str(crops), f"{out_base}-crops", "tsv", limits.language, f"{SECOND_LOOK_CONFIG} tsv",
+                          timeout=limits.page_timeout)
+        tsv = Path(f"{out_base}-crops.tsv").read_text(encoding="utf-8", errors="replace")
+    except Exception as exc:  # the page's first reading stands when the second look fails
+        logger.warning("second look skipped", extra={"error": str(exc)[:200]})
+        return lines
+    finally:
+        crops.unlink(missing_ok=True)
+        Path(f"{out_base}-crops.tsv").unlink(missing_ok=True)
+    rereads = [[Word(w.text, round(dx + (w.left or 0) / scale), round(dy + (w.top or 0) / scale),
+                     round((w.width or 0) / scale), round((w.height or 0) / scale), w.conf) for w in words]
+               for words, (dx, dy, scale) in zip(tsv_pages(tsv, len(found)), where, strict=True)]
+    prepared.steps["second_look"] = time.monotonic() - started
+    prepared.applied.append(f"second_look:{len(found)}")
+    return recheck.merge(lines, found, rereads)
+
+
+def tsv_pages(tsv: str, count: int) -> list[list[Word]]:
+    """The words of a multi-page TSV, page by page (``count`` pages, empty ones included)."""
+    pages: list[list[Word]] = [[] for _ in range(count)]
+    for row in tsv.splitlines()[1:]:
+        cells = row.split("\t")
+        if len(cells) < 12 or not cells[11].strip():
+            continue
+        try:
+            page = int(cells[1]) - 1
+            left, top, width, height = (int(c) for c in cells[6:10])
+            conf = float(cells[10])
+        except ValueError:
+            continue
+        if 0 <= page < count:
+            pages[page].append(Word(cells[11].strip(), left, top, width, height, conf))
+    return pages
 
 
 def prepare_page(path: Path, workdir: Path) -> Prepared:
     """Image preparation (app.services.ocr_image); a page it cannot handle goes to Tesseract as it is."""
     try:
         return prepare(path, workdir)
-    except Exception as exc:  # noqa: BLE001 - an optional step failing must not fail the page
+    except Exception as exc:  # an optional step failing must not fail the page
         logger.warning("image preparation skipped", extra={"error": str(exc)[:200]})
         return Prepared(path)
 

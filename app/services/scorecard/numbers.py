@@ -86,6 +86,9 @@ def _clean_numeric(raw: str) -> tuple[str, bool]:
     if mapped in ("e", "c", "C") and set(text) & set("()"):
         # ... or as "(e)" / "c)": a round letter in brackets.
         return "0", True
+    if text == "6)":
+        # ... or, in italic faces, as "6)": the slanted oval split in two glyphs.
+        return "0", True
     return mapped, changed
 
 

@@ -1,0 +1,183 @@
+"""The second look: which table rows of a page deserve a re-read, and what to keep from it.
+
+Pure logic, no I/O. The OCR service reads the page once, asks ``suspects`` which rows'
+numbers look wrong, re-reads only the boxes of those numbers (a digit whitelist, one
+line each), and hands the new readings to ``merge``, which keeps a new value only when
+the row's own arithmetic, or a cleaner reading of a damaged cell, says it is better.
+
+A row is suspect when one of its number words
+
+- does not read as a number even after the OCR repairs of ``numbers``,
+- looks like two cells run together (``O38`` for maidens 0 and runs 38, ``3031``: a
+  leading zero, or four digits), or has a confidence under ``CONF_MIN``, or
+- when its rate (a two-decimal number: strike rate or economy) fits no pair of the
+  row's other numbers (runs ÷ balls, runs ÷ overs).
+
+Rows whose damage the repairs already undo (``O`` for ``0``) are not read again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from app.services.scorecard.columns import split_note, split_numbers
+from app.services.scorecard.numbers import (
+    Line,
+    Word,
+    clean_name,
+    overs_to_balls,
+    printed_matches,
+    read_decimal,
+    read_int,
+    read_overs,
+)
+
+#: Tesseract word confidence (0–100) under which a number is read again.
+CONF_MIN = 30.0
+#: Lines that end in numbers but are not table rows (the parser reads them its own way).
+_NOT_A_ROW = re.compile(r"^(?:t[o0]ta[l1I]|e[xk]tras?|sundries|fall|did|result)", re.I)
+#: At most this many rows a page are re-read (the cost stays a fraction of the page's).
+MAX_ROWS = 40
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """The number words of one row that are read again, and the box around them."""
+
+    line: int  # index of the line in the page's lines
+    start: int  # index of the first number word in that line
+    count: int  # how many number words
+    box: tuple[int, int, int, int]  # left, top, right, bottom (page pixels)
+
+
+def _clean(word: Word) -> bool:
+    """A number read without any repair."""
+    int_reading, dec_reading = read_int(word.text), read_decimal(word.text)
+    if int_reading.ok and not int_reading.repaired:
+        return True
+    if dec_reading.ok and not dec_reading.repaired:
+        return True
+    return word.text.rstrip("*").isdigit()  # a not-out star is print, not damage
+
+
+def _readable(word: Word) -> bool:
+    return read_int(word.text).ok or read_decimal(word.text).ok
+
+
+def _merged(word: Word) -> bool:
+    """Two cells read as one word: a leading zero (``O38`` → ``038``) or four digits."""
+    reading = read_int(word.text)
+    if not reading.ok:
+        return False
+    digits = str(reading.value)
+    text = word.text.strip("*").strip()
+    return int(reading.value) >= 1000 or (len(text) > 1 and len(digits) < len(text.strip("()'.,")))  # type: ignore[arg-type]
+
+
+def _suspect(numbers: Sequence[Word]) -> bool:
+    if any(not _readable(w) or _merged(w) for w in numbers):
+        return True
+    if any(w.conf is not None and 0 <= w.conf < CONF_MIN and len(w.text.strip("*")) > 1 and _clean(w)
+           for w in numbers):
+        return True
+    return rate_fits([w.text for w in numbers]) is False
+
+
+def _values(texts: Sequence[str]) -> tuple[list[float], list[int], list[int]]:
+    """Rates (two decimals), whole numbers, and overs in balls, among a row's numbers."""
+    rates, ints, balls = [], [], []
+    for text in texts:
+        core = text.rstrip("*")
+        dec = read_decimal(core)
+        if dec.ok and "." in core and len(core.partition(".")[2]) == 2:
+            rates.append(float(dec.value))  # type: ignore[arg-type]
+            continue
+        whole = read_int(core)
+        if whole.ok:
+            ints.append(int(whole.value))  # type: ignore[arg-type]
+        overs = read_overs(core)
+        if overs.ok and (b := overs_to_balls(str(overs.value))):
+            balls.append(b)
+    return rates, ints, balls
+
+
+def rate_fits(texts: Sequence[str]) -> bool | None:
+    """Whether the row's rate fits some pair of its numbers (None: no rate printed)."""
+    rates, ints, balls = _values(texts)
+    if len(rates) != 1:
+        return None
+    rate = rates[0]
+    for a, b in itertools.permutations(ints, 2):
+        if b and printed_matches(rate, 100 * a / b):
+            return True
+    return any(printed_matches(rate, runs * 6 / b) for runs in ints for b in balls)
+
+
+def _row_words(line: Line) -> tuple[int, list[Word]] | None:
+    """The start index and number words of a table row, or None for any other line."""
+    words = [w for w in line if w.text.strip()]
+    if len(words) != len(line):
+        return None
+    label, numbers = split_numbers(split_note(words))
+    if len(numbers) < 3 or not clean_name(w.text for w in label) or _NOT_A_ROW.match(label[0].text):
+        return None
+    if any(w.left is None or w.top is None or w.width is None or w.height is None for w in numbers):
+        return None
+    return len(label), numbers
+
+
+def suspects(lines: Sequence[Line]) -> list[Suspect]:
+    """The table rows of one page whose numbers deserve a second look."""
+    found = []
+    for index, line in enumerate(lines):
+        row = _row_words(line)
+        if row is None:
+            continue
+        start, numbers = row
+        if not _suspect(numbers):
+            continue
+        box = (min(w.left for w in numbers), min(w.top for w in numbers),  # type: ignore[type-var]
+               max(w.left + w.width for w in numbers),  # type: ignore[operator]
+               max(w.top + w.height for w in numbers))  # type: ignore[operator]
+        found.append(Suspect(index, start, len(numbers), box))  # type: ignore[arg-type]
+    return found[:MAX_ROWS]
+
+
+def _same_boxes(old: list[Word], new: list[Word]) -> list[Word]:
+    """The new texts in the first reading's boxes (which keep the columns exact)."""
+    return [Word(n.text, o.left, o.top, o.width, o.height, n.conf) for o, n in zip(old, new, strict=True)]
+
+
+def choose(old: list[Word], new: list[Word]) -> list[Word]:
+    """The row's numbers after the second look (``new`` carries page positions).
+
+    The whole new reading is taken when it satisfies the row's rate and the first did
+    not; a new reading with more cells when the first had cells run together and the
+    new one has none; otherwise only cells the first reading could not read at all.
+    """
+    new = [w for w in new if w.text.strip("-.")]
+    if not new or (not all(_clean(w) for w in new) and len(new) != len(old)):
+        return old
+    old_fits, new_fits = rate_fits([w.text for w in old]), rate_fits([w.text for w in new])
+    if new_fits and not old_fits and all(_clean(w) for w in new):
+        return _same_boxes(old, new) if len(new) == len(old) else new
+    if len(new) > len(old) and any(_merged(w) for w in old) and not any(_merged(w) for w in new) \
+            and new_fits is not False:
+        return new
+    if len(new) != len(old):
+        return old
+    out = [n if not _readable(o) and _clean(n) else o for o, n in zip(old, _same_boxes(old, new), strict=True)]
+    return out if rate_fits([w.text for w in out]) is not False else old
+
+
+def merge(lines: Sequence[Line], found: Sequence[Suspect], rereads: Sequence[list[Word]]) -> list[list[Word]]:
+    """The page's lines with each suspect row's numbers replaced by what ``choose`` keeps."""
+    out = [list(line) for line in lines]
+    for suspect, new in zip(found, rereads, strict=True):
+        line = out[suspect.line]
+        old = line[suspect.start:suspect.start + suspect.count]
+        line[suspect.start:suspect.start + suspect.count] = choose(old, new)
+    return out

@@ -1,0 +1,121 @@
+"""The second look: which rows are read again, what is kept from the new reading, and
+the whole path through real Tesseract on a page whose first reading ran cells together;
+and the denoising step of the image preparation."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.services.scorecard import Word
+from app.services.scorecard.numbers import read_int
+from app.services.scorecard.recheck import choose, merge, rate_fits, suspects
+
+
+def _row(label: str, numbers: list[tuple[str, float]], top: int = 100) -> list[Word]:
+    words = [Word(t, 10 + 60 * i, top, 50, 30, 95.0) for i, t in enumerate(label.split())]
+    x = 600
+    for text, conf in numbers:
+        words.append(Word(text, x, top, 20 * len(text), 30, conf))
+        x += 120
+    return words
+
+
+def test_rate_fits_strike_rate_and_economy() -> None:
+    assert rate_fits(["52", "55", "2", "1", "94.55"]) is True
+    assert rate_fits(["52", "56", "2", "1", "94.55"]) is False
+    assert rate_fits(["4", "0", "24", "2", "6.00"]) is True  # 24 runs off 4 overs
+    assert rate_fits(["7", "0", "36", "3", "5.43"]) is False  # 36 off 7 overs is 5.14
+    assert rate_fits(["12", "10", "1", "0"]) is None  # no rate printed
+
+
+def test_only_rows_that_look_wrong_are_suspects() -> None:
+    lines = [
+        [Word("Riverside"), Word("CC"), Word("innings")],
+        _row("J Smith c Shah b Ali", [("52", 96), ("55", 95), ("2", 96), ("1", 96), ("94.55", 96)]),
+        _row("A Brown not out", [("9", 96), ("7", 96), (")", 21), ("1", 96), ("128.57", 96)]),  # repaired: fine
+        _row("R Mitchell", [("7", 96), ("O38", 12), ("3", 96), ("5.43", 96)], top=300),  # run together
+        _row("I Shah", [("5", 96), ("0", 90), ("25", 96), ("0", 96), ("6.10", 96)], top=400),  # rate fails
+        _row("Total (all out, 20 ov)", [("145", 96)], top=500),
+        _row("K Price b Ali", [("1", 96), ("~=2", 10), ("0", 96), ("0", 96)], top=600),  # unreadable
+    ]
+    found = suspects(lines)
+    assert [s.line for s in found] == [3, 4, 6]
+    assert found[0].start == 2 and found[0].count == 4
+    left, top, right, bottom = found[0].box
+    assert (left, top, bottom) == (600, 300, 330) and right > left
+
+
+def test_choose_takes_a_reading_that_satisfies_the_rate() -> None:
+    old = _row("R Mitchell", [("7", 96), ("O38", 12), ("3", 96), ("5.43", 96)])[2:]
+    new = [Word(t, 600 + 100 * i, 100, 40, 30, 90.0) for i, t in enumerate(["7", "0", "38", "3", "5.43"])]
+    assert [w.text for w in choose(old, new)] == ["7", "0", "38", "3", "5.43"]
+    # A new reading that breaks the rate is not taken.
+    bad = [Word(t, 600 + 100 * i, 100, 40, 30, 90.0) for i, t in enumerate(["7", "0", "36", "3", "5.43"])]
+    assert choose(old, bad) == old
+
+
+def test_choose_replaces_only_unreadable_cells_when_the_rate_cannot_judge() -> None:
+    old = _row("K Price", [("1", 96), ("~=2", 10), ("0", 96), ("0", 96)])[2:]
+    new = [Word(t, 600, 100, 40, 30, 90.0) for t in ["7", "2", "0", "0"]]
+    chosen = choose(old, new)
+    assert [w.text for w in chosen] == ["1", "2", "0", "0"]  # the readable "1" stays
+    assert chosen[1].left == old[1].left  # the first reading's box keeps the column
+
+
+def test_merge_replaces_the_suspect_rows_in_place() -> None:
+    lines = [_row("R Mitchell", [("7", 96), ("O38", 12), ("3", 96), ("5.43", 96)])]
+    found = suspects(lines)
+    new = [Word(t, 600 + 100 * i, 100, 40, 30, 90.0) for i, t in enumerate(["7", "0", "38", "3", "5.43"])]
+    merged = merge(lines, found, [new])
+    assert [w.text for w in merged[0]] == ["R", "Mitchell", "7", "0", "38", "3", "5.43"]
+    assert [w.text for w in lines[0]][-3:] == ["O38", "3", "5.43"]  # the input is not changed
+
+
+def test_an_italic_zero_read_as_six_bracket_is_zero() -> None:
+    assert read_int("6)").value == 0 and read_int("6)").repaired
+    assert read_int("16").value == 16
+
+
+needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract not installed")
+
+
+@needs_tesseract
+def test_second_look_through_tesseract_reads_run_together_cells(tmp_path: Path) -> None:
+    """A row rendered with maidens and runs close together, read by the real page path."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from app.services import ocr
+
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 40)
+    page = Image.new("L", (1600, 300), 255)
+    draw = ImageDraw.Draw(page)
+    draw.text((40, 60), "R Mitchell", font=font, fill=0)
+    draw.text((700, 60), "7      0 38      3      5.43", font=font, fill=0)
+    draw.text((40, 160), "I Shah", font=font, fill=0)
+    draw.text((700, 160), "5      0 25      0      5.00", font=font, fill=0)
+    path = tmp_path / "page.png"
+    page.save(path)
+    result = ocr.ocr_page(path, 1, ocr.OcrLimits(), workdir=tmp_path)
+    numbers = [[w.text for w in line][-4:] for line in result.lines]
+    assert ["3", "5.43"] == numbers[0][-2:] and ["0", "5.00"] == numbers[1][-2:]
+    assert "second_look" in result.prep_seconds
+    assert not list(tmp_path.glob("*crops*"))  # the crops and their TSV are removed
+
+
+def test_denoise_only_noisy_pages(tmp_path: Path) -> None:
+    import numpy as np
+
+    from app.services.ocr_image import NOISE_LEVEL, denoise, noise_level
+
+    rng = np.random.default_rng(1)
+    clean = np.full((800, 600), 245, np.uint8)
+    for y in range(200, 600, 40):
+        clean[y:y + 4, 100:500] = 20  # rules of ink, 4 px thick
+    assert noise_level(clean) < NOISE_LEVEL and denoise(clean) is None
+    noisy = np.clip(clean + rng.normal(0, 18, clean.shape), 0, 255).astype(np.uint8)
+    assert noise_level(noisy) > NOISE_LEVEL
+    out = denoise(noisy)
+    assert out is not None and noise_level(out) < noise_level(noisy)
