@@ -136,3 +136,32 @@ def test_a_row_carries_the_trace_id_of_the_request_that_made_it(db_session) -> N
     db_session.commit()
     assert ledger.get_row(db_session, "messages", mid)["trace_id"] == "12" * 16
     assert ledger.list_jobs(db_session, ledger.parse_filter({"q": mid})).rows[0]["trace_id"] == "12" * 16
+
+
+def test_cancel_fails_each_queued_job_once_through_its_guard(pg_database) -> None:  # type: ignore[no-untyped-def]
+    from app.db import session_scope
+    from app.models.scans import ScanAudit, ScanJob
+    from app.services.auth import create_api_key
+    from tests.console.support import hexid
+
+    with session_scope() as session:
+        key, _ = create_api_key(session, "cancel-client")
+        client_id = key.client_id
+        ids = one_of_each(session, client_id=client_id)
+        scan = ScanJob(id=hexid(), url="https://example.com/q", state="QUEUED", client_id=client_id)
+        session.add(scan)
+        ids["queued_scan"] = scan.id
+    f = ledger.parse_filter({"client_id": client_id})
+    with session_scope() as session:
+        planned = actions.plan(session, "cancel", f, cap=10)
+    assert planned.count == 4  # the OCR upload, the voice task, the call and the queued scan
+    outcome = actions.execute(session_scope, "cancel", f, 10, "alice")
+    assert (outcome.done, outcome.skipped, outcome.errors) == (4, 0, [])
+    with session_scope() as session:
+        for family, job_id in (("ocr", ids["ocr"]), ("voice", ids["voice"]), ("calls", ids["calls"]),
+                               ("scans", ids["queued_scan"])):
+            row = ledger.get_row(session, family, job_id)
+            assert row["state"] == "failed" and row["last_error"] == "cancelled by alice", (family, row)
+        audit = session.query(ScanAudit).filter(ScanAudit.job_id == ids["queued_scan"]).one()
+        assert (audit.from_state, audit.to_state, audit.worker) == ("QUEUED", "FAILED", "console:alice")
+        assert actions.plan(session, "cancel", f, cap=10).count == 0

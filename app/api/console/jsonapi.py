@@ -36,7 +36,7 @@ class JobsQuery(BaseModel):
                                "campaigns, calls, outbox).")
     state: str | None = Field(None, description="Comma-separated ledger states (pending, queued, running, "
                               "succeeded, failed, dead).")
-    client_id: int | None = None
+    client_id: int | None = Field(None, ge=1, le=2**31 - 1)
     since: datetime | None = None
     until: datetime | None = None
     q: str | None = Field(None, max_length=200, description="A job id (exact).")
@@ -75,7 +75,7 @@ class BulkIn(BaseModel):
     action: Literal["replay", "cancel"]
     filter: dict[str, Any] = Field(description="The ledger filter, as the jobs list takes it.")
     dry_run: bool = Field(True, description="Count only (the default); false acts.")
-    expected: int | None = Field(None, ge=0, description="The dry run's count: refused if the filter now selects more.")
+    expected: int | None = Field(None, ge=0, le=2**31 - 1, description="The dry run's count: refused if the filter now selects more.")
 
 
 class BulkOut(BaseModel):
@@ -98,7 +98,7 @@ class AnyOut(BaseModel):
 
 class AuditQuery(BaseModel):
     limit: int = Field(100, ge=1, le=500)
-    before: int | None = None
+    before: int | None = Field(None, ge=1, le=2**63 - 1)
     actor: str | None = Field(None, max_length=100)
 
 

@@ -196,7 +196,8 @@ def workers_page() -> Any:
 def audit_page() -> Any:
     before = request.args.get("before")
     with session_scope() as session:
-        entries = operators.audit_log(session, 100, int(before) if before and before.isdigit() else None,
+        before_id = int(before) if before and before.isdigit() and len(before) < 19 else None
+        entries = operators.audit_log(session, 100, before_id,
                                       request.args.get("actor") or None)
         return render("audit.html", entries=entries)
 

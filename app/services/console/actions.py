@@ -111,15 +111,10 @@ def _replay_outbox(session: Session, job_id: str, actor: str) -> bool:
         return False
 
 
-def _updated(session: Session, stmt: Any) -> int:
-    """Rows a conditional UPDATE changed."""
-    return rows_changed(session, stmt, synchronize=False)
-
-
 def _cancel_ocr(session: Session, job_id: str, actor: str) -> bool:
-    return _updated(session,
+    return rows_changed(session,
         update(Upload).where(Upload.id == job_id, Upload.status == "queued")
-        .values(status="failed", error=f"cancelled by {actor}", finished_at=utcnow())) == 1
+        .values(status="failed", error=f"cancelled by {actor}", finished_at=utcnow()), synchronize=False) == 1
 
 
 def _cancel_scan(session: Session, job_id: str, actor: str) -> bool:
@@ -127,9 +122,10 @@ def _cancel_scan(session: Session, job_id: str, actor: str) -> bool:
     if version is None:
         return False
     now = utcnow()
-    moved = _updated(session,
+    moved = rows_changed(session,
         update(ScanJob).where(ScanJob.id == job_id, ScanJob.state == "QUEUED", ScanJob.version == version)
-        .values(state="FAILED", version=version + 1, error=f"cancelled by {actor}", finished_at=now, updated_at=now)) == 1
+        .values(state="FAILED", version=version + 1, error=f"cancelled by {actor}", finished_at=now,
+                updated_at=now), synchronize=False) == 1
     if moved:
         session.add(ScanAudit(job_id=job_id, from_state="QUEUED", to_state="FAILED", version=version + 1,
                               worker=f"console:{actor}", detail="cancelled by an operator"))
@@ -141,9 +137,9 @@ def _cancel_voice(session: Session, job_id: str, actor: str) -> bool:
 
 
 def _cancel_call(session: Session, job_id: str, actor: str) -> bool:
-    return _updated(session,
+    return rows_changed(session,
         update(CallRequest).where(CallRequest.public_id == job_id, CallRequest.status == "queued")
-        .values(status="failed", last_error=f"cancelled by {actor}", finished_at=utcnow())) == 1
+        .values(status="failed", last_error=f"cancelled by {actor}", finished_at=utcnow()), synchronize=False) == 1
 
 
 HANDLERS: dict[tuple[str, str], Callable[[Session, str, str], bool]] = {

@@ -21,6 +21,7 @@ from app.models.console import FAMILIES, LEDGER_STATES, STATES, job_ledger
 
 MAX_PAGE = 200
 MAX_TEXT = 200
+MAX_ID = 2**31 - 1
 
 
 class FilterError(ValueError):
@@ -88,9 +89,12 @@ def _client(value: Any) -> int | None:
     if value in (None, ""):
         return None
     try:
-        return int(value)
+        client_id = int(value)
     except (TypeError, ValueError):
         raise FilterError(f"client_id: {value!r} is not a client id (a number)") from None
+    if not 1 <= client_id <= MAX_ID:
+        raise FilterError(f"client_id: between 1 and {MAX_ID}")
+    return client_id
 
 
 def parse_filter(params: Mapping[str, Any]) -> LedgerFilter:
@@ -105,6 +109,8 @@ def parse_filter(params: Mapping[str, Any]) -> LedgerFilter:
     error = str(params.get("error") or "").strip() or None
     if any(v is not None and len(v) > MAX_TEXT for v in (text, error)):
         raise FilterError(f"q, error: at most {MAX_TEXT} characters")
+    if any(v is not None and "\x00" in v for v in (text, error)):
+        raise FilterError("q, error: NUL characters are not allowed")
     since, until = _time(params.get("since"), "since"), _time(params.get("until"), "until")
     if since and until and since >= until:
         raise FilterError("since must be before until")
