@@ -150,3 +150,25 @@ def test_an_admin_manages_operators_and_others_cannot(app) -> None:  # type: ign
     assert made.status_code == 303
     operator_client, _ = signed_in(app, "operator")
     assert operator_client.get("/console/operators").status_code == 403
+
+
+def test_one_failed_message_is_replayed_from_its_page(app) -> None:  # type: ignore[no-untyped-def]
+    from app.db import session_scope
+    from app.models.messages import DeadLetter
+
+    with session_scope() as session:
+        mid, dl = dead_message(session)
+    client, _ = signed_in(app, "operator")
+    page = client.get(f"/console/jobs/messages/{mid}").get_data(as_text=True)
+    assert 'id="job-replay"' in page
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)  # type: ignore[union-attr]
+    dry = client.post("/console/bulk", data={"csrf": token, "action": "replay", "family": "messages", "q": mid})
+    assert b"replay 1 failed messages with id" in dry.data
+    done = client.post("/console/bulk", data={"csrf": token, "action": "replay", "family": "messages", "q": mid,
+                                              "confirm": "yes", "expected": "1"})
+    assert b"1 done" in done.data
+    with session_scope() as session:
+        assert session.get(DeadLetter, dl).replayed_at is not None
+        from app.models.outbox import OutboxEvent
+
+        session.query(OutboxEvent).filter(OutboxEvent.aggregate_id == mid).delete()
