@@ -101,12 +101,14 @@ def _check(reader: Reader, inn: Innings) -> None:
     for code, _ok, message, row, extra in checks.run_checks(inn):
         reader.warnings.append({"code": code, "message": message, "innings": inn.number, "row": row, **extra})
     for rows, key in ((inn.batting, "batter"), (inn.bowling, "bowler")):
-        for row in rows:
-            if row["_inferred"]:
-                reader.warnings.append({
-                    "code": "inferred", "innings": inn.number, "row": row[key], "cells": list(row["_inferred"]),
-                    "message": f"{row[key]}: {', '.join(row['_inferred'])} unreadable or contradicted; "
-                               "derived from the rest of the card"})
+        for table_row in rows:
+            if not table_row["_inferred"]:
+                continue
+            row_name, cells = table_row[key], table_row["_inferred"]
+            reader.warnings.append({
+                "code": "inferred", "innings": inn.number, "row": row_name, "cells": list(cells),
+                "message": f"{row_name}: {', '.join(cells)} unreadable or contradicted; "
+                           "derived from the rest of the card"})
 
 
 def finish(reader: Reader) -> dict[str, Any]:

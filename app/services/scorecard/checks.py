@@ -169,7 +169,7 @@ def _batting_total(inn: Innings) -> Iterator[Finding]:
 
 def _extras_breakdown(inn: Innings) -> Iterator[Finding]:
     extras = inn.extras or {}
-    known = [extras.get(k) for k in ("byes", "leg_byes", "wides", "no_balls", "penalty") if extras.get(k) is not None]
+    known: list[int] = [extras[k] for k in ("byes", "leg_byes", "wides", "no_balls", "penalty") if extras.get(k) is not None]
     if extras.get("total") is None or not known:
         yield "extras_breakdown", None, "", None, {}
         return
@@ -296,7 +296,7 @@ ROW_CHECKS = ("strike_rate", "boundaries", "economy", "maidens")
 
 def run_checks(inn: Innings) -> list[Finding]:
     """Run every check on an innings; record each code's state; return the failures."""
-    failures = []
+    failures: list[Finding] = []
     for check in CHECKS:
         for code, ok, message, row, extra in check(inn):
             state = "skipped" if ok is None else ("passed" if ok else "failed")

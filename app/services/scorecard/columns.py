@@ -63,7 +63,7 @@ USUAL_ORDERS = {
                 ("overs", "maidens", "runs", "wickets", "wides", "no_balls", "economy", "dots"),
                 ("overs", "maidens", "runs", "wickets", "no_balls", "wides", "economy", "dots")),
 }
-_NOTE_RE = re.compile(r"^\(?\s*\d*\s*(?:w|wd|wides?|nb|no-?balls?|pen)\b", re.I)
+_NOTE_RE = re.compile(r"^\(?\s*[\dlIiO|]*\s*(?:w|wd|wides?|[nI]b|no-?balls?|pen)\b", re.I)
 
 
 @dataclass
@@ -167,7 +167,7 @@ def grid(rows: Sequence[RawRow], n: int) -> list[list[str | None]]:
     for i in range(n):
         found = [c for r in full if (c := _center(r.numbers[i])) is not None]
         centers.append(statistics.median(found) if found else None)
-    out = []
+    out: list[list[str | None]] = []
     for row in rows:
         if len(row.numbers) == n:
             out.append([w.text for w in row.numbers])
@@ -181,7 +181,8 @@ def grid(rows: Sequence[RawRow], n: int) -> list[list[str | None]]:
                 k = n - len(row.numbers) + j
                 if k < 0:
                     continue
-            cells[k] = word.text if cells[k] is None else cells[k] + word.text
+            previous = cells[k]
+            cells[k] = word.text if previous is None else previous + word.text
         out.append(cells)
     return out
 
@@ -220,7 +221,7 @@ def _kinds(cells: list[list[str | None]], n: int) -> list[str]:
     """Per column: 'rate' (two decimals), 'overs' (one decimal digit or whole), 'int'."""
     kinds = []
     for i in range(n):
-        texts = [row[i] for row in cells if row[i]]
+        texts = [t for row in cells if (t := row[i])]
         rate = sum(1 for t in texts if re.search(r"\d[.,:]\d\d$", t))
         single = sum(1 for t in texts if re.search(r"\d[.,:]\d$", t))
         kinds.append("rate" if rate > len(texts) / 2 else "overs" if single and not rate else "int")
@@ -268,7 +269,7 @@ def _value(text: str | None, key: str) -> Any:
 
 def _row_score(table: str, row: dict[str, Any]) -> float:
     """How well one row's numbers, keyed one way, fit a row's own arithmetic."""
-    g = row.get
+    g: Callable[[str], Any] = row.get
     score = 0.0
     if table == "batting":
         r, b, sr = g("runs"), g("balls"), g("strike_rate")

@@ -26,9 +26,9 @@ def fow_items(text: str) -> list[dict[str, Any]]:
     """Fall-of-wickets items (``1-23 (J Smith, 4.2 ov), 2-45 …``) found in one line."""
     starts = []
     for m in _FOW_PAIR_RE.finditer(text):
-        wicket, score = read_int(m["w"]), read_int(m["s"])
-        if wicket.ok and score.ok:
-            starts.append((m, wicket.value, score.value))
+        wicket_read, score_read = read_int(m["w"]), read_int(m["s"])
+        if wicket_read.ok and score_read.ok:
+            starts.append((m, wicket_read.value, score_read.value))
     items = []
     for i, (m, wicket, score) in enumerate(starts):
         end = starts[i + 1][0].start() if i + 1 < len(starts) else len(text)

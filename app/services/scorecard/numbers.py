@@ -50,7 +50,9 @@ DIGIT_CONFUSIONS = {
     "T": "7", "t": "7",
     "g": "9", "q": "9",
 }
-_STRAY = "()[]{}'\"`´‘’“”,;:*~_^-–—."
+_STRAY = "()[]{}'\"`´‘’“”,;:*~_^-–—.=«»"
+#: Marks a ruled or shaded row leaves between cells (``=``, ``~``, ``«``): not a cell.
+_DEBRIS = set("=~_«»—–^")
 _INT_RE = re.compile(r"^\d{1,4}$")
 _DEC_RE = re.compile(r"^\d{1,4}(?:\.\d{1,3})?$")
 _OVERS_RE = re.compile(r"^\d{1,3}(?:\.\d)?$")
@@ -156,6 +158,23 @@ def printed_matches(printed: float, computed: float, decimals: int = 2) -> bool:
 _NAME_MAP = str.maketrans({"|": "I", "!": "I", "0": "O", "1": "I", "5": "S", "8": "B"})
 
 
+def is_debris(text: str) -> bool:
+    """A word made only of rule and shading marks (``=``, ``~=—``): dropped before a line is read."""
+    text = text.strip()
+    return bool(text) and set(text) <= _DEBRIS
+
+
+#: A wide capital read as itself with small copies around it (``WwW`` for ``W``).
+_STUTTER_RE = re.compile(r"^(?P<c>[A-Z])(?:(?P=c)|(?i:(?P=c)))*$")
+
+
+def _unstutter(word: str) -> str:
+    if len(word) > 1 and any(ch.islower() for ch in word) and _STUTTER_RE.match(word) and \
+            len(set(word.lower())) == 1:
+        return word[0]
+    return word
+
+
 def clean_name(words: Iterable[str]) -> str:
     """A person's name with OCR debris removed: ``| Shah`` → ``I Shah``, ``Z, Malik`` → ``Z Malik``."""
     out = []
@@ -166,6 +185,7 @@ def clean_name(words: Iterable[str]) -> str:
         if not any(ch.isalpha() for ch in word) and len(word) > 1:
             continue
         word = word.translate(_NAME_MAP) if not word.isdigit() or len(word) == 1 else word
+        word = _unstutter(word)
         if len(word) == 1 and word.islower():
             word = word.upper()  # an initial
         out.append(word)

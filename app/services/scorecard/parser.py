@@ -30,6 +30,7 @@ from app.services.scorecard.numbers import (
     Reading,
     Word,
     clean_name,
+    is_debris,
     mean_conf,
     overs_to_balls,
 )
@@ -103,7 +104,7 @@ class Reader:
         return by_fold[match[0]] if match else name
 
     def feed(self, page: int, line_no: int, words: Sequence[Word]) -> None:
-        words = [w for w in words if w.text.strip()]
+        words = [w for w in words if w.text.strip() and not is_debris(w.text)]
         if not words:
             return
         text = " ".join(w.text for w in words).strip()

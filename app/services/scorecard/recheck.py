@@ -28,6 +28,7 @@ from app.services.scorecard.numbers import (
     Line,
     Word,
     clean_name,
+    is_debris,
     overs_to_balls,
     printed_matches,
     read_decimal,
@@ -116,11 +117,14 @@ def rate_fits(texts: Sequence[str]) -> bool | None:
     return any(printed_matches(rate, runs * 6 / b) for runs in ints for b in balls)
 
 
+def _words(line: Line) -> list[Word]:
+    """A line's words without rule and shading marks (the parser drops them too)."""
+    return [w for w in line if w.text.strip() and not is_debris(w.text)]
+
+
 def _row_words(line: Line) -> tuple[int, list[Word]] | None:
-    """The start index and number words of a table row, or None for any other line."""
-    words = [w for w in line if w.text.strip()]
-    if len(words) != len(line):
-        return None
+    """The start index (in ``_words``) and number words of a table row, or None for any other line."""
+    words = _words(line)
     label, numbers = split_numbers(split_note(words))
     if len(numbers) < 3 or not clean_name(w.text for w in label) or _NOT_A_ROW.match(label[0].text):
         return None
@@ -151,31 +155,61 @@ def _same_boxes(old: list[Word], new: list[Word]) -> list[Word]:
     return [Word(n.text, o.left, o.top, o.width, o.height, n.conf) for o, n in zip(old, new, strict=True)]
 
 
+def _center(word: Word) -> float:
+    return (word.left or 0) + (word.width or 0) / 2
+
+
+def aligned(old: list[Word], new: list[Word]) -> list[Word | None]:
+    """For each first-reading cell, the one re-read word nearest to it (None when no
+    word, or several, fell nearest to it): cells are matched by position, so a word the
+    second look split or joined does not shift its neighbours."""
+    if len(new) == len(old):
+        return list(new)
+    nearest: dict[int, list[Word]] = {}
+    for word in new:
+        i = min(range(len(old)), key=lambda k: abs(_center(old[k]) - _center(word)))
+        nearest.setdefault(i, []).append(word)
+    return [found[0] if len(found := nearest.get(i, [])) == 1 else None for i in range(len(old))]
+
+
+def _replaces(old: Word, new: Word | None) -> bool:
+    """Whether a re-read cell replaces the first reading when the row's rate cannot judge:
+    the first could not be read, looked like two cells run together, or lost a decimal
+    point the second look saw (``40`` for ``4.0``)."""
+    if new is None or not _clean(new) or _merged(new):
+        return False
+    if not _readable(old) or _merged(old):
+        return True
+    return "." in new.text and new.text.replace(".", "") == old.text and "." not in old.text
+
+
 def choose(old: list[Word], new: list[Word]) -> list[Word]:
     """The row's numbers after the second look (``new`` carries page positions).
 
     The whole new reading is taken when it satisfies the row's rate and the first did
     not; a new reading with more cells when the first had cells run together and the
-    new one has none; otherwise only cells the first reading could not read at all.
+    new one has none; otherwise cell by cell (``_replaces``), as long as the row's rate
+    is not broken by it.
     """
     new = [w for w in new if w.text.strip("-.")]
-    if not new or (not all(_clean(w) for w in new) and len(new) != len(old)):
+    if not new:
         return old
     old_fits, new_fits = rate_fits([w.text for w in old]), rate_fits([w.text for w in new])
     if new_fits and not old_fits and all(_clean(w) for w in new):
         return _same_boxes(old, new) if len(new) == len(old) else new
-    if len(new) > len(old) and any(_merged(w) for w in old) and not any(_merged(w) for w in new) \
+    if len(new) > len(old) and any(_merged(w) for w in old) and all(_clean(w) and not _merged(w) for w in new) \
             and new_fits is not False:
         return new
-    if len(new) != len(old):
-        return old
-    out = [n if not _readable(o) and _clean(n) else o for o, n in zip(old, _same_boxes(old, new), strict=True)]
-    return out if rate_fits([w.text for w in out]) is not False else old
+    out = [Word(n.text, o.left, o.top, o.width, o.height, n.conf) if n is not None and _replaces(o, n) else o
+           for o, n in zip(old, aligned(old, new), strict=True)]
+    return out if rate_fits([w.text for w in out]) is not False or old_fits is False else old
 
 
 def merge(lines: Sequence[Line], found: Sequence[Suspect], rereads: Sequence[list[Word]]) -> list[list[Word]]:
     """The page's lines with each suspect row's numbers replaced by what ``choose`` keeps."""
     out = [list(line) for line in lines]
+    for suspect in found:
+        out[suspect.line] = _words(out[suspect.line])
     for suspect, new in zip(found, rereads, strict=True):
         line = out[suspect.line]
         old = line[suspect.start:suspect.start + suspect.count]
