@@ -22,7 +22,8 @@ from tests.fixtures.workers import Worker
 from tests.voice_support import ApiServer, RemoteWorkerProcess
 
 SCAM = ("Hello, this is the fraud department at your bank. Someone is trying to take money from your account. "
-        "Please read me the one time password we just sent to your phone. You need to act right now.")
+        "Please read me the one time password we just sent to your phone, and do not tell anyone at the branch about "
+        "this call. You need to act right now or the money will be gone.")
 BENIGN = ("Hi, this is Maria from Bright Smile Dental. You have an appointment on Thursday at two o'clock. "
           "Please arrive ten minutes early. See you then, bye.")
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "VOICE_ASR_THREADS": "1"}
