@@ -160,6 +160,11 @@ class Settings(BaseSettings):
     auth_failure_window: int = Field(
         300, ge=1, le=86400, description="Length of the authentication-failure window, seconds.",
     )
+    auth_key_cache_seconds: float = Field(
+        5.0, ge=0, le=60, description="How long an API process reuses a client API key it verified, seconds, "
+        "instead of reading it from the database on every request. A revoked key is refused at once by the "
+        "process that revoked it and by every other API process within this time. 0: read on every request.",
+    )
     trusted_proxy_hops: int = Field(
         0, ge=0, le=10, description="Reverse proxies in front of the API that set X-Forwarded-For, "
         "X-Forwarded-Proto and X-Forwarded-Host (werkzeug's ProxyFix trusts that many entries): the client "
@@ -239,6 +244,10 @@ class Settings(BaseSettings):
     instagram_token: SecretStr = Field(SecretStr("dev-instagram-token"), description="Instagram bearer token.")
     channel_timeout: float = Field(10.0, gt=0, le=120, description="Connect+read timeout of a channel API call, seconds.")
     message_max_length: int = Field(4096, ge=1, le=65536, description="Longest message content accepted, characters.")
+    messages_batch_max: int = Field(
+        1000, ge=1, le=10000, description="Most messages one `POST /api/messages/batch` may carry (one transaction; "
+        "each item counts as one request against the client's rate limit).",
+    )
     message_max_retries: int = Field(
         3, ge=0, le=20, description="Retries of a channel send after 5xx, 429 or a timeout, before the DLQ."
     )

@@ -19,7 +19,7 @@ from app.api.errors import ApiError
 from app.api.limits import check_rate_limit
 from app.api.spec import guarded
 from app.db import session_scope
-from app.services.auth import verify_api_key
+from app.services.auth import verify_api_key_cached
 from app.services.ratelimit import FailureLimiter
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -124,14 +124,11 @@ def _check_api_key() -> None:
     if _is_admin_token(token):
         g.api_key_id, g.api_key_name, g.client_id, g.is_admin = None, "admin", None, True
         return
-    with session_scope() as session:
-        key = verify_api_key(session, token)
-        if key is None:
-            raise ApiError(401, "unauthorized", "unknown or revoked API key")
-        g.api_key_id = key.id
-        g.api_key_name = key.name
-        g.client_id = key.client_id
-        g.is_admin = False
+    # A key verified by this process less than AUTH_KEY_CACHE_SECONDS ago is not read again.
+    key = verify_api_key_cached(session_scope, token, current_app.config["SETTINGS"].auth_key_cache_seconds)
+    if key is None:
+        raise ApiError(401, "unauthorized", "unknown or revoked API key")
+    g.api_key_id, g.api_key_name, g.client_id, g.is_admin = key.id, key.name, key.client_id, False
     check_rate_limit()
 
 

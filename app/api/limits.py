@@ -3,8 +3,13 @@
 Rate limits: ``check_rate_limit()`` runs right after a client's API key is accepted and
 counts the request against RATE_LIMIT_DEFAULT (or the family's RATE_LIMITS override),
 per client and per family (the blueprint: ``scans``, ``voice``, ``ocr`` ...). The
-windows are kept in Redis by the ``limits`` library (moving window: a Lua call to count
-the hit and one to read the window for the headers), so every API process and host shares them. Over the limit the request is answered
+windows are kept in Redis by the ``limits`` library (moving window), so every API process
+and host shares them: its two Lua scripts, the one that counts the hit and the one that
+reads the window for the headers, go to Redis in one pipeline (one round trip a request
+instead of two; the same scripts, keys and semantics as ``MovingWindowRateLimiter.hit``
+then ``get_window_stats``). A batch (``POST /api/messages/batch``) counts each of its
+items: one with the request, the others once the body is read (``charge_rate_limit``).
+Over the limit the request is answered
 429 ``rate_limited`` with Retry-After; every limited response carries ``RateLimit-Limit``,
 ``RateLimit-Remaining`` and ``RateLimit-Reset`` (IETF draft names). The admin credential
 (no client: ``app.api.ownership.owner()`` is None) is not limited. If Redis does not answer, the request goes through
@@ -25,10 +30,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 from flask import Flask, Response, current_app, g, request
@@ -41,7 +47,7 @@ from sqlalchemy.orm import Session
 from app.api.errors import ApiError
 from app.api.ownership import owner
 from app.api.spec import guarded
-from app.db import session_scope
+from app.db import get_engine
 from app.services.quotas import FAMILIES, unfinished_jobs
 
 logger = logging.getLogger(__name__)
@@ -123,18 +129,57 @@ def check_rate_limit() -> None:
         )
 
 
-def _hit(item: RateLimitItem, family: str, client: str) -> RateState | None:
+def charge_rate_limit(cost: int) -> None:
+    """Count ``cost`` more requests of this request's client and family (a batch's items
+    beyond the one counted with the request); 429 ``rate_limited`` over the limit."""
+    client_id = owner()
+    family = request.blueprint or "api"
+    item = limit_for(family) if client_id is not None else None
+    if item is None or cost <= 0:
+        return
+    state = _hit(item, family, str(client_id), cost)
+    if state is None:
+        return
+    g._rate_state = state
+    check_rate_limit()
+
+
+def _hit(item: RateLimitItem, family: str, client: str, cost: int = 1) -> RateState | None:
     try:
-        allowed = limiter().hit(item, family, client)
-        stats = limiter().get_window_stats(item, family, client)
+        allowed, (window_start, in_window) = _acquire_and_read(item, family, client, cost)
     except (StorageError, redis.RedisError, OSError) as exc:
         logger.warning("rate limiter unavailable, request not limited",
                        extra={"error": str(exc)[:200], "family": family, "client_id": client})
         return None
-    reset = max(1, math.ceil(stats.reset_time - time.time()))
+    reset = max(1, math.ceil(window_start + item.get_expiry() - time.time()))
     if not allowed:
         logger.info("rate limit exceeded", extra={"family": family, "client_id": client, "limit": str(item)})
-    return RateState(item, allowed, stats.remaining, reset)
+    return RateState(item, allowed, item.amount - in_window, reset)
+
+
+def _acquire_and_read(item: RateLimitItem, family: str, client: str, cost: int) -> tuple[bool, tuple[float, int]]:
+    """The moving window's hit and its window read in one Redis round trip: the ``limits``
+    storage's own scripts (``acquire_entry`` then ``get_moving_window``), pipelined."""
+    storage = limiter().storage
+    assert isinstance(storage, RedisStorage)
+    key = storage.prefixed_key(item.key_for(family, client))
+    expiry, now = item.get_expiry(), time.time()
+    scripts = (storage.lua_acquire_moving_window, storage.lua_moving_window)
+    connection = cast(redis.Redis, storage.get_connection())
+    for attempt in (1, 2):
+        pipe = connection.pipeline(transaction=False)
+        pipe.evalsha(scripts[0].sha, 1, key, now, item.amount, expiry, cost)
+        pipe.evalsha(scripts[1].sha, 1, key, now - expiry, item.amount)
+        try:
+            acquired, window = pipe.execute()
+        except redis.exceptions.NoScriptError:
+            if attempt == 2:
+                raise
+            for script in scripts:  # a restarted Redis forgot them
+                connection.script_load(script.script)
+            continue
+        break
+    return bool(acquired), ((float(window[0]), int(window[1])) if window else (now, 0))
 
 
 def _rate_limit_headers(response: Response) -> Response:
@@ -177,6 +222,16 @@ def check_job_quota(session: Session, family: str) -> None:
         )
 
 
+@contextmanager
+def read_only_session() -> Iterator[Session]:
+    """A session on a connection in autocommit mode, for a lone read: one round trip to
+    the database instead of three (no BEGIN, no COMMIT). Nothing it would write is kept
+    transactional, so it is for reads only."""
+    with get_engine().connect() as connection, Session(
+            connection.execution_options(isolation_level="AUTOCOMMIT")) as session:
+        yield session
+
+
 def job_quota(family: str) -> Callable[[F], F]:
     """Decorator for a submit view, placed under ``@require_api_key``: check the caller's
     quota of ``family`` before the view runs."""
@@ -184,7 +239,7 @@ def job_quota(family: str) -> Callable[[F], F]:
         raise ValueError(f"no job quota for {family!r}; families: {', '.join(FAMILIES)}")
 
     def check() -> None:
-        with session_scope() as session:
+        with read_only_session() as session:
             check_job_quota(session, family)
 
     def decorator(view: F) -> F:

@@ -1,11 +1,25 @@
-"""Clients and their API keys: create, verify and revoke. Only a SHA-256 hash is stored."""
+"""Clients and their API keys: create, verify and revoke. Only a SHA-256 hash is stored.
+
+Verified keys are kept in-process (``KEY_CACHE``), keyed by the token's hash, for at most
+AUTH_KEY_CACHE_SECONDS: a request whose key was verified moments ago by the same process
+does not read ``api_keys`` again. Only a key found active is kept (an unknown or revoked
+token is looked up every time, and each such failure counts for the failure limiter), so
+a new key works at once; a revoked key is refused at once by the process that revoked it
+(``revoke_api_key`` empties its cache) and by every other process within
+AUTH_KEY_CACHE_SECONDS.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
-from datetime import datetime, timedelta, timezone
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -86,7 +100,7 @@ def verify_api_key(session: Session, token: str) -> ApiKey | None:
 
 def _aware(value: datetime) -> datetime:
     # SQLite returns naive datetimes for timezone-aware columns.
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def revoke_api_key(session: Session, key_id: int) -> bool:
@@ -95,7 +109,66 @@ def revoke_api_key(session: Session, key_id: int) -> bool:
         return False
     if key.revoked_at is None:
         key.revoked_at = utcnow()
+    KEY_CACHE.clear()  # this process refuses it at once; the others within their cache time
     return True
+
+
+@dataclass(frozen=True)
+class VerifiedKey:
+    """What a request needs of its verified key: who the caller is."""
+
+    id: int
+    name: str
+    client_id: int | None
+
+
+class KeyCache:
+    """Verified keys by the token's SHA-256, each kept for at most ``ttl`` seconds."""
+
+    def __init__(self, capacity: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity, self.clock = capacity, clock
+        self._entries: dict[str, tuple[float, VerifiedKey]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str, ttl: float) -> VerifiedKey | None:
+        """The key verified for ``token`` less than ``ttl`` seconds ago, or None."""
+        if ttl <= 0:
+            return None
+        entry = self._entries.get(_hash(token))
+        if entry is None or self.clock() - entry[0] >= ttl:
+            return None
+        return entry[1]
+
+    def put(self, token: str, key: VerifiedKey) -> None:
+        with self._lock:
+            if len(self._entries) >= self.capacity:
+                self._entries.clear()  # a flood of distinct valid keys: start over, stay bounded
+            self._entries[_hash(token)] = (self.clock(), key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+#: The process's cache of verified keys (see the module docstring).
+KEY_CACHE = KeyCache()
+
+
+def verify_api_key_cached(scope: Callable[[], AbstractContextManager[Session]], token: str,
+                          ttl: float) -> VerifiedKey | None:
+    """``verify_api_key`` through ``KEY_CACHE``: the database is read (in a transaction of
+    ``scope``) only when the token has no entry younger than ``ttl`` seconds."""
+    found = KEY_CACHE.get(token, ttl)
+    if found is not None:
+        return found
+    with scope() as session:
+        key = verify_api_key(session, token)
+        if key is None:
+            return None
+        found = VerifiedKey(key.id, key.name, key.client_id)
+    if ttl > 0:
+        KEY_CACHE.put(token, found)
+    return found
 
 
 def list_api_keys(session: Session) -> list[ApiKey]:

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import rows_changed
@@ -42,7 +42,7 @@ from app.models.messages import (
     MessageStatusUpdate,
 )
 from app.services.channels import OutgoingMessage, PermanentChannelError, TransientChannelError
-from app.services.outbox import add_event
+from app.services.outbox import add_event, add_events
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,42 @@ def dedup_key(message_id: str, replay: int | None = None) -> str:
 SYSTEM_ID_PREFIX = "sys:"
 
 
+@dataclass(frozen=True)
+class NewMessage:
+    """One message to accept. A client's message is named by ``client_ref``, its
+    idempotency key, unique per client; ``message_id`` is the internal id of a message the
+    system sends (campaigns; ``SYSTEM_ID_PREFIX``), which no client id can reach."""
+
+    conversation_id: str
+    channel: str
+    recipient: str
+    content: str
+    client_ref: str | None = None
+    message_id: str | None = None
+
+    @property
+    def key(self) -> str | None:
+        """What names it for idempotency (None: nothing, every submission is new)."""
+        return self.client_ref if self.client_ref is not None else self.message_id
+
+    def same_as(self, row: Any) -> bool:
+        return (row.conversation_id, row.channel, row.recipient, row.content) == (
+            self.conversation_id, self.channel, self.recipient, self.content)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What became of one ``NewMessage``: accepted (``created``), a duplicate of the stored
+    message of its id (``created`` False), or refused because a different message has
+    that id (``conflict``, the reason; nothing was written for it)."""
+
+    id: str | None
+    client_ref: str | None
+    created: bool
+    status: str = MessageStatus.QUEUED
+    conflict: str | None = None
+
+
 def submit_message(
     session: Session,
     *,
@@ -91,57 +127,162 @@ def submit_message(
     client_id: int | None = None,
     client_ref: str | None = None,
     message_id: str | None = None,
-) -> tuple[Message, bool]:
-    """Add the message, its deliveries and its outbox event in the caller's transaction.
+) -> tuple[Submitted, bool]:
+    """Accept one message (``submit_messages`` with one item): (what became of it, created).
+    The same message again is a duplicate (created False, nothing added); a different
+    message under the same id raises ``MessageConflict``."""
+    item = NewMessage(conversation_id, channel, recipient, content, client_ref=client_ref, message_id=message_id)
+    result = submit_messages(session, [item], client_id=client_id)[0]
+    if result.conflict is not None:
+        raise MessageConflict(result.conflict)
+    return result, result.created
 
-    A client's message is named by ``client_ref``, its idempotency key, unique per
-    client: the same message again returns the stored one (``created`` False) and adds
-    nothing; a different message under the same id raises; another client's message of
-    that id is never seen. ``message_id`` is the internal id of a message the system sends
-    (campaigns; ``SYSTEM_ID_PREFIX``), which no client id can reach.
+
+def submit_messages(session: Session, items: list[NewMessage], *, client_id: int | None) -> list[Submitted]:
+    """Add messages, their deliveries, their status rows and their outbox events in the
+    caller's transaction, in a few multi-row statements whatever their number; one
+    ``Submitted`` per item, in order.
+
+    Idempotency per client: an id this client already used answers the stored message (a
+    duplicate, when the content is the same) or a conflict; another client's message of
+    that id is never seen. Within the items, a repeated id is answered like a resend of
+    its first occurrence. The first message to use an id keeps it as its internal id (what
+    the channels see); another client's message of the same id gets a fresh one.
+
+    Each row is inserted with ``ON CONFLICT DO NOTHING``, so the common case reads
+    nothing first; the few that clash (a resend, an id in use, a racing request with the
+    same id, which the database makes wait for the other's commit) are then looked up.
     """
-    id_taken = True  # a client's id becomes the internal id only when no message has that one
-    if client_ref is not None:
-        owner = Message.client_id.is_(None) if client_id is None else Message.client_id == client_id
-        # One read answers both questions: is this the client's resend, is the id free.
-        rows = session.execute(select(Message.id, Message.client_id, Message.client_ref).where(
-            or_(and_(owner, Message.client_ref == client_ref), Message.id == client_ref))).all()
-        mine = next((r.id for r in rows if r.client_ref == client_ref and r.client_id == client_id), None)
-        existing = session.get(Message, mine) if mine is not None else None
-        id_taken = client_ref.startswith(SYSTEM_ID_PREFIX) or any(r.id == client_ref for r in rows)
-    else:
-        existing = session.get(Message, message_id) if message_id is not None else None
-    if existing is not None:
-        same = (existing.conversation_id, existing.channel, existing.recipient, existing.content) == (
-            conversation_id, channel, recipient, content,
-        )
-        if not same:
-            raise MessageConflict(f"message id {client_ref or message_id!r} is already used by a different message")
-        return existing, False
-    if message_id is None:
-        # The first message to use an id keeps it as its internal id (what the channels see);
-        # another client's message of the same id gets a fresh one. A racing insert of the
-        # same internal id fails on the primary key and is retried by the caller.
-        message_id = uuid.uuid4().hex if id_taken or client_ref is None else client_ref
-    message = Message(
-        id=message_id, client_id=client_id, client_ref=client_ref, conversation_id=conversation_id,
-        channel=channel, recipient=recipient, content=content,
-    )
-    session.add(message)
-    targets = CHANNELS if channel == "all" else (channel,)
-    for name in targets:
-        session.add(MessageDelivery(message=message, channel=name))
-    session.add(MessageStatusUpdate(message_id=message_id, status="queued", detail="accepted"))
-    add_event(
-        session,
-        aggregate_type="message",
-        aggregate_id=message_id,
-        event_type="message.submitted",
-        task_name=ROUTE_TASK,
-        payload={"message_id": message_id},
-    )
-    session.flush()
-    return message, True
+    results: list[Submitted | None] = [None] * len(items)
+    first: dict[str, int] = {}
+    fresh = []
+    for index, item in enumerate(items):
+        if item.key is None or item.key not in first:
+            fresh.append(index)
+            if item.key is not None:
+                first[item.key] = index
+    if client_id is None:  # no unique (client, id) constraint guards NULL owners: look first
+        _resolve_stored(session, items, [i for i in fresh if items[i].client_ref is not None], client_id, results)
+    ids = _insert_new(session, items, [i for i in fresh if results[i] is None], client_id, results)
+    _insert_rest(session, [(ids[i], items[i]) for i in sorted(ids)])
+    for index, item in enumerate(items):
+        if results[index] is None:
+            assert item.key is not None
+            results[index] = _resend(results[first[item.key]], items[first[item.key]], item)
+    return [r for r in results if r is not None]
+
+
+def _insert_new(session: Session, items: list[NewMessage], todo: list[int], client_id: int | None,
+                results: list[Submitted | None]) -> dict[int, str]:
+    """Insert the message rows of ``todo`` (indexes); those that clash are looked up and
+    answered in ``results``, or, when their id belongs to another's message, inserted under
+    a fresh internal id. The internal id of each inserted item, by index."""
+    ids = {i: _first_choice_id(items[i]) for i in todo}
+    done = _insert_messages(session, items, ids, client_id)
+    for _attempt in (1, 2):
+        clashed = [i for i in ids if i not in done and results[i] is None]
+        if not clashed:
+            break
+        _resolve_stored(session, items, clashed, client_id, results)
+        retry = {i: uuid.uuid4().hex for i in clashed if results[i] is None}
+        ids.update(retry)
+        done |= _insert_messages(session, items, retry, client_id)
+    for index, item in enumerate(items):  # still unresolved: created by a race that then vanished
+        if index in ids and index not in done and results[index] is None:
+            raise RuntimeError(f"message {item.key!r} could be neither inserted nor found")
+    for index in done:
+        results[index] = Submitted(ids[index], items[index].client_ref, True)
+    return {i: ids[i] for i in done}
+
+
+def _first_choice_id(item: NewMessage) -> str:
+    if item.message_id is not None:
+        return item.message_id
+    if item.client_ref is not None and not item.client_ref.startswith(SYSTEM_ID_PREFIX):
+        return item.client_ref
+    return uuid.uuid4().hex
+
+
+def _insert_messages(session: Session, items: list[NewMessage], ids: dict[int, str],
+                     client_id: int | None) -> set[int]:
+    """One INSERT … ON CONFLICT DO NOTHING RETURNING id of the message rows; the indexes inserted."""
+    if not ids:
+        return set()
+    now = utcnow()
+    rows = [{"id": message_id, "client_id": client_id, "client_ref": items[i].client_ref,
+             "conversation_id": items[i].conversation_id, "channel": items[i].channel,
+             "recipient": items[i].recipient, "content": items[i].content, "status": MessageStatus.QUEUED,
+             "attempts": 0, "created_at": now, "updated_at": now} for i, message_id in ids.items()]
+    table = _table(Message)
+    stmt = _insert_ignoring_conflicts(session, table).returning(table.c.id)
+    inserted = set(session.execute(stmt, rows).scalars())
+    return {i for i, message_id in ids.items() if message_id in inserted}
+
+
+def _table(model: type[Any]) -> Table:
+    """A model's table, for Core multi-row INSERTs (no ORM unit of work per row)."""
+    return cast(Table, model.__table__)
+
+
+def _insert_ignoring_conflicts(session: Session, table: Table) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def _resolve_stored(session: Session, items: list[NewMessage], indexes: list[int], client_id: int | None,
+                    results: list[Submitted | None]) -> None:
+    """Answer each item of ``indexes`` whose id names a stored message of this owner
+    (a duplicate or a conflict, in ``results``); the others stay None. One read."""
+    refs = [items[i].client_ref for i in indexes if items[i].client_ref is not None]
+    system_ids = [items[i].message_id for i in indexes if items[i].client_ref is None and items[i].message_id]
+    if not refs and not system_ids:
+        return
+    owner = Message.client_id.is_(None) if client_id is None else Message.client_id == client_id
+    rows = session.execute(select(
+        Message.id, Message.client_id, Message.client_ref, Message.status, Message.conversation_id,
+        Message.channel, Message.recipient, Message.content,
+    ).where(or_(and_(owner, Message.client_ref.in_(refs)), Message.id.in_(system_ids)))).all()
+    by_ref = {r.client_ref: r for r in rows if r.client_ref is not None and r.client_id == client_id}
+    by_id = {r.id: r for r in rows}
+    for i in indexes:
+        item = items[i]
+        row = by_ref.get(item.client_ref) if item.client_ref is not None else by_id.get(item.message_id or "")
+        if row is None:
+            continue
+        results[i] = Submitted(row.id, item.client_ref, False, row.status) if item.same_as(row) else Submitted(
+            None, item.client_ref, False, conflict=f"message id {item.key!r} is already used by a different message")
+
+
+def _resend(first: Submitted | None, first_item: NewMessage, item: NewMessage) -> Submitted:
+    """An item repeating the id of an earlier item of the same submission."""
+    assert first is not None
+    if first.conflict is None and item.same_as(first_item):
+        return Submitted(first.id, item.client_ref, False, first.status)
+    return Submitted(None, item.client_ref, False,
+                     conflict=first.conflict or f"message id {item.key!r} is already used by a different message")
+
+
+def _insert_rest(session: Session, created: list[tuple[str, NewMessage]]) -> None:
+    """The new messages' deliveries, first status rows and outbox events: one multi-row
+    INSERT each."""
+    if not created:
+        return
+    now = utcnow()
+    session.execute(insert(_table(MessageDelivery)), [
+        {"message_id": message_id, "channel": name, "status": DeliveryStatus.PENDING, "attempts": 0,
+         "updated_at": now}
+        for message_id, item in created for name in (CHANNELS if item.channel == "all" else (item.channel,))])
+    session.execute(insert(_table(MessageStatusUpdate)), [
+        {"message_id": message_id, "status": MessageStatus.QUEUED, "detail": "accepted", "created_at": now}
+        for message_id, _ in created])
+    add_events(session, aggregate_type="message", event_type="message.submitted", task_name=ROUTE_TASK,
+               events=[(message_id, {"message_id": message_id}) for message_id, _ in created])
 
 
 # --- routing ----------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import event as sa_event
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, SessionTransaction
 
 from app.db import rows_changed
@@ -101,25 +101,43 @@ def add_event(
     ``delay``: seconds before the relay may publish it (the task's countdown, kept in the
     database). An event due now asks for a relay run as soon as the transaction commits.
     """
-    json.dumps(payload)  # fail here, in the request, not later in the relay
-    if TRACE_KEY in payload:
-        raise ValueError(f"payload key {TRACE_KEY!r} is reserved for the trace context")
-    if not math.isfinite(delay) or delay < 0:
-        raise ValueError(f"delay must be a finite number of seconds ≥ 0, not {delay!r}")
-    trace_headers = carrier()
-    event = OutboxEvent(
-        aggregate_type=aggregate_type,
-        aggregate_id=str(aggregate_id),
-        event_type=event_type,
-        task_name=task_name,
-        payload={**payload, TRACE_KEY: trace_headers} if trace_headers else payload,
-        next_attempt_at=utcnow() + timedelta(seconds=delay),
-    )
+    event = OutboxEvent(**_event_row(aggregate_type, str(aggregate_id), event_type, task_name, payload, carrier(),
+                                     utcnow() + timedelta(seconds=_checked_delay(delay))))
     session.add(event)
     session.flush()
     if delay == 0:
         session.info[PENDING_KEY] = True
     return event
+
+
+def add_events(session: Session, *, aggregate_type: str, event_type: str, task_name: str,
+               events: list[tuple[str, dict[str, Any]]]) -> None:
+    """``add_event`` for many events due now, as one multi-row INSERT (a bulk submit):
+    ``events`` are (aggregate id, payload) pairs; the ids are not read back."""
+    if not events:
+        return
+    trace_headers, now = carrier(), utcnow()
+    session.execute(insert(OutboxEvent), [
+        _event_row(aggregate_type, str(aggregate_id), event_type, task_name, payload, trace_headers, now)
+        for aggregate_id, payload in events])
+    session.info[PENDING_KEY] = True
+
+
+def _checked_delay(delay: float) -> float:
+    if not math.isfinite(delay) or delay < 0:
+        raise ValueError(f"delay must be a finite number of seconds ≥ 0, not {delay!r}")
+    return delay
+
+
+def _event_row(aggregate_type: str, aggregate_id: str, event_type: str, task_name: str, payload: dict[str, Any],
+               trace_headers: dict[str, str], due: datetime) -> dict[str, Any]:
+    """An event's column values; its payload checked here, in the request, not later in the relay."""
+    json.dumps(payload)
+    if TRACE_KEY in payload:
+        raise ValueError(f"payload key {TRACE_KEY!r} is reserved for the trace context")
+    return {"aggregate_type": aggregate_type, "aggregate_id": aggregate_id, "event_type": event_type,
+            "task_name": task_name, "payload": {**payload, TRACE_KEY: trace_headers} if trace_headers else payload,
+            "next_attempt_at": due}
 
 
 # --- publish after commit ----------------------------------------------------------------------

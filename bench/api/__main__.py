@@ -43,6 +43,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -324,6 +326,46 @@ def report(run: Run, quick: bool) -> tuple[list[str], list]:
     return lines, figures
 
 
+def free_port() -> int:
+    from app.devserver import free_port as free
+
+    return free()
+
+
+@contextmanager
+def api_environment(batch: int = 1000) -> Iterator[tuple[Path, str, str]]:
+    """A scratch PostgreSQL database migrated to head, a private redis-server, the
+    environment the API is started with, and a client's API key: (tmp dir, database URL,
+    token)."""
+    from app.devserver import start_private_redis
+    from bench.common import scratch_database
+
+    redis_proc, redis_url = start_private_redis()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    try:
+        with scratch_database(f"bench_api_{os.getpid()}") as db_url:
+            os.environ.update({"DATABASE_URL": db_url, "REDIS_URL": redis_url, "BROKER_URL": "",
+                               "RESULT_BACKEND": "", "LOG_LEVEL": "WARNING",
+                               # one client saturates the API: its rate limit stays on (its
+                               # Redis hit is part of every figure) but is never reached
+                               "RATE_LIMIT_DEFAULT": "100000000/minute",
+                               "MESSAGES_BATCH_MAX": str(max(batch, 1000)),
+                               "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom")})
+            (tmp / "prom").mkdir()
+            from app.migrate import upgrade
+
+            upgrade()
+            from app.db import reset_engine, session_scope
+            from app.services.auth import create_api_key
+
+            with session_scope() as session:
+                _, token = create_api_key(session, "bench")
+            yield tmp, db_url, token
+            reset_engine()
+    finally:
+        redis_proc.terminate()
+
+
 def main() -> None:
     """Measure, print the table, write the summary for ``python -m bench``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -339,30 +381,11 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian package wrk); run scripts/bootstrap")
 
-    from app.devserver import free_port, start_private_redis
-    from bench.common import scratch_database, stop, write_summary
+    from bench.common import stop, write_summary
 
-    redis_proc, redis_url = start_private_redis()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
     procs: list[subprocess.Popen[bytes]] = []
-    try:
-        with scratch_database(f"bench_api_{os.getpid()}") as db_url:
-            os.environ.update({"DATABASE_URL": db_url, "REDIS_URL": redis_url, "BROKER_URL": "",
-                               "RESULT_BACKEND": "", "LOG_LEVEL": "WARNING",
-                               # one client saturates the API: its rate limit stays on (its
-                               # Redis hit is part of every figure) but is never reached
-                               "RATE_LIMIT_DEFAULT": "100000000/minute",
-                               "MESSAGES_BATCH_MAX": str(max(args.batch, 1000)),
-                               "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom")})
-            (tmp / "prom").mkdir()
-            from app.migrate import upgrade
-
-            upgrade()
-            from app.db import reset_engine, session_scope
-            from app.services.auth import create_api_key
-
-            with session_scope() as session:
-                _, token = create_api_key(session, "bench")
+    with api_environment(args.batch) as (tmp, db_url, token):
+        try:
             bare_port, api_port = free_port(), free_port()
             procs.append(gunicorn("bench.api.bare:application", bare_port, dict(os.environ), tmp / "bare.log"))
             procs.append(gunicorn("app.api.wsgi:application", api_port, dict(os.environ), tmp / "api.log"))
@@ -370,10 +393,8 @@ def main() -> None:
                       f"http://127.0.0.1:{api_port}", api_port, bare_port)
             run.saturate()
             run.pace()
-            reset_engine()
-    finally:
-        stop(procs)
-        redis_proc.terminate()
+        finally:
+            stop(procs)
     if run.bad:
         raise SystemExit(f"{run.bad:.0f} requests failed (non-2xx or socket errors); see {tmp}")
     lines, figures = report(run, args.quick)
