@@ -15,7 +15,9 @@ against the bare scoring function in one process, with and without speech recogn
 
 Both run alternately ``--repeat`` times (paired ratios; median and spread), first with
 the transcript provided (no recognition), then from audio alone (faster-whisper). Also
-reported: ONNX inference and acoustic feature time per clip.
+reported: the sentence encoder's time per clip (one thread), ONNX head inference and
+acoustic feature time per clip, and the resident memory of the worker's pool process
+once its models are loaded.
 
 Everything runs on loopback: a private redis-server, a scratch PostgreSQL database.
 
@@ -44,11 +46,11 @@ def _configure(db_url: str, redis_url: str, storage: str) -> None:
 
 
 def make_clips(count: int) -> list[tuple[bytes, str]]:
-    """Distinct synthesized calls from the corpus's held-out split, with their transcripts."""
+    """Distinct synthesized calls from the corpus's validation split, with their transcripts."""
     from app.dev.voice_clips import HELDOUT_SPEEDS, HELDOUT_VOICES, style_for, synthesize_wav
 
     rows = [json.loads(line) for line in (ROOT / "data" / "voice" / "transcripts.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["split"] == "test"][:count]
+    rows = [r for r in rows if r["split"] == "val"][:count]
     return [(synthesize_wav(r["text"], style_for(i, HELDOUT_VOICES, HELDOUT_SPEEDS, 5)), r["text"])
             for i, r in enumerate(rows)]
 
@@ -130,11 +132,10 @@ def start_worker(log: Path) -> subprocess.Popen[bytes]:
 
 
 def micro(deps, clips: list[tuple[bytes, str]]) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
-    """Per-clip times of the pieces: decode, acoustic features, ONNX inference."""
-    from app.services.voice.model import features_for
+    """Per-clip times of the pieces: decode, acoustic features, sentence encoder, ONNX head."""
     from app.services.voice.features import acoustic_features, decode_audio
 
-    out: dict[str, list[float]] = {"decode": [], "acoustic_per_10s": [], "onnx": []}
+    out: dict[str, list[float]] = {"decode": [], "acoustic_per_10s": [], "encoder": [], "onnx": []}
     for wav, text in clips:
         t0 = time.perf_counter()
         samples = decode_audio(wav, deps.limits)
@@ -142,12 +143,25 @@ def micro(deps, clips: list[tuple[bytes, str]]) -> dict[str, list[float]]:  # ty
         t0 = time.perf_counter()
         acoustic_features(samples)
         out["acoustic_per_10s"].append((time.perf_counter() - t0) * 1000 * 10 / (samples.size / 16000))
-        row = features_for(samples, text)[None, :]
+        for _ in range(5):
+            t0 = time.perf_counter()
+            deps.model.embed(text)
+            out["encoder"].append((time.perf_counter() - t0) * 1000)
+        row = deps.model.row(samples, text)[None, :]
         for _ in range(20):
             t0 = time.perf_counter()
             deps.model.predict(row)
             out["onnx"].append((time.perf_counter() - t0) * 1000)
     return out
+
+
+def pool_rss_mib(worker: subprocess.Popen[bytes]) -> float:
+    """Resident memory of the worker's pool process (its child), models loaded."""
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+    for line in Path(f"/proc/{children[0]}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS for the pool process")
 
 
 def main() -> None:
@@ -186,12 +200,14 @@ def main() -> None:
             pieces = micro(deps, clips)
             worker = start_worker(tmp / "worker.log")
             try:
+                rss = [pool_rss_mib(worker)]
                 for r in range(args.repeat):
                     results["bare"].append(bare_rate(deps, clips, args.clips, with_asr=False))
                     results["queue"].append(queue_rate(clips, args.clips, with_asr=False, round_no=r))
                 for r in range(args.repeat):
                     results["bare_asr"].append(bare_rate(deps, clips, args.asr_clips, with_asr=True))
                     results["queue_asr"].append(queue_rate(clips, args.asr_clips, with_asr=True, round_no=100 + r))
+                rss.append(pool_rss_mib(worker))
             finally:
                 stop([worker])
             from app.db import reset_engine
@@ -226,9 +242,12 @@ def main() -> None:
         row(f"bare `score_clip`, from audio (ASR), {args.asr_clips} clips", results["bare_asr"], "clips/s"),
         row("queue, 1 worker process, from audio (ASR)", results["queue_asr"], "clips/s"),
         r2,
-        row("ONNX inference per clip", pieces["onnx"], "ms", "{:.3f}"),
+        row("sentence encoder per clip (transcript, 1 thread)", pieces["encoder"], "ms"),
+        row("ONNX head inference per clip", pieces["onnx"], "ms", "{:.3f}"),
         row("acoustic features per 10 s of audio", pieces["acoustic_per_10s"], "ms"),
         row("decode + resample per clip", pieces["decode"], "ms"),
+        f"| worker pool process resident memory, models loaded (start / after the runs) | {rss[0]:.0f} MiB | "
+        f"{rss[0]:.0f}–{rss[1]:.0f} | |",
     ])
     print(table)
     if args.write_docs:
