@@ -8,8 +8,9 @@ other 4xx is permanent. Adapters receive their ``requests.Session`` and settings
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from datetime import datetime, timezone
+from typing import Any
 
 import requests
 
@@ -55,8 +56,8 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _post(http: requests.Session, url: str, token: str, body: dict, timeout: float) -> dict:
@@ -78,19 +79,41 @@ def _post(http: requests.Session, url: str, token: str, body: dict, timeout: flo
         raise PermanentChannelError(f"HTTP {resp.status_code} with a non-JSON body", resp.status_code) from exc
 
 
-class WhatsAppChannel:
-    """``POST {base}/{phone_number_id}/messages`` with a bearer token."""
+class HttpChannel:
+    """A chat provider's send endpoint with a bearer token: each channel says its URL, the
+    body of a text message and where the provider's message id is in the answer."""
 
-    name = "whatsapp"
+    name = ""
+    label = ""
 
-    def __init__(self, settings: Settings, http: requests.Session) -> None:
-        self.url = f"{settings.whatsapp_base_url.rstrip('/')}/{settings.whatsapp_phone_number_id}/messages"
-        self.token = settings.whatsapp_token.get_secret_value()
-        self.timeout = settings.channel_timeout
-        self.http = http
+    def __init__(self, url: str, token: str, timeout: float, http: requests.Session) -> None:
+        self.url, self.token, self.timeout, self.http = url, token, timeout, http
+
+    def body(self, message: OutgoingMessage) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def provider_id(self, data: Any) -> str:
+        raise NotImplementedError
 
     def send(self, message: OutgoingMessage) -> str:
-        body = {
+        data = _post(self.http, self.url, self.token, self.body(message), self.timeout)
+        try:
+            return self.provider_id(data)
+        except (KeyError, IndexError, TypeError) as exc:
+            raise PermanentChannelError(f"unexpected {self.label} answer: {str(data)[:200]}") from exc
+
+
+class WhatsAppChannel(HttpChannel):
+    """``POST {base}/{phone_number_id}/messages`` with a bearer token."""
+
+    name, label = "whatsapp", "WhatsApp"
+
+    def __init__(self, settings: Settings, http: requests.Session) -> None:
+        super().__init__(f"{settings.whatsapp_base_url.rstrip('/')}/{settings.whatsapp_phone_number_id}/messages",
+                         settings.whatsapp_token.get_secret_value(), settings.channel_timeout, http)
+
+    def body(self, message: OutgoingMessage) -> dict[str, Any]:
+        return {
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
             "to": message.recipient,
@@ -98,35 +121,26 @@ class WhatsAppChannel:
             "text": {"preview_url": False, "body": message.content},
             "biz_opaque_callback_data": message.id,
         }
-        data = _post(self.http, self.url, self.token, body, self.timeout)
-        try:
-            return str(data["messages"][0]["id"])
-        except (KeyError, IndexError, TypeError) as exc:
-            raise PermanentChannelError(f"unexpected WhatsApp answer: {str(data)[:200]}") from exc
+
+    def provider_id(self, data: Any) -> str:
+        return str(data["messages"][0]["id"])
 
 
-class InstagramChannel:
+class InstagramChannel(HttpChannel):
     """``POST {base}/me/messages`` with a bearer token."""
 
-    name = "instagram"
+    name, label = "instagram", "Instagram"
 
     def __init__(self, settings: Settings, http: requests.Session) -> None:
-        self.url = f"{settings.instagram_base_url.rstrip('/')}/me/messages"
-        self.token = settings.instagram_token.get_secret_value()
-        self.timeout = settings.channel_timeout
-        self.http = http
+        super().__init__(f"{settings.instagram_base_url.rstrip('/')}/me/messages",
+                         settings.instagram_token.get_secret_value(), settings.channel_timeout, http)
 
-    def send(self, message: OutgoingMessage) -> str:
-        body = {
-            "recipient": {"id": message.recipient},
-            "message": {"text": message.content, "metadata": message.id},
-        }
-        data = _post(self.http, self.url, self.token, body, self.timeout)
-        try:
-            return str(data["message_id"])
-        except (KeyError, TypeError) as exc:
-            raise PermanentChannelError(f"unexpected Instagram answer: {str(data)[:200]}") from exc
+    def body(self, message: OutgoingMessage) -> dict[str, Any]:
+        return {"recipient": {"id": message.recipient}, "message": {"text": message.content, "metadata": message.id}}
+
+    def provider_id(self, data: Any) -> str:
+        return str(data["message_id"])
 
 
-def make_channels(settings: Settings, http: requests.Session) -> dict[str, WhatsAppChannel | InstagramChannel]:
+def make_channels(settings: Settings, http: requests.Session) -> dict[str, HttpChannel]:
     return {"whatsapp": WhatsAppChannel(settings, http), "instagram": InstagramChannel(settings, http)}
