@@ -119,3 +119,59 @@ def test_denoise_only_noisy_pages(tmp_path: Path) -> None:
     assert noise_level(noisy) > NOISE_LEVEL
     out = denoise(noisy)
     assert out is not None and noise_level(out) < noise_level(noisy)
+
+
+def test_rule_marks_stuttered_capitals_and_bracketed_zeros() -> None:
+    from app.services.scorecard.numbers import clean_name, is_debris
+
+    assert is_debris("=") and is_debris("~=—") and not is_debris("-") and not is_debris("12")
+    assert read_int("«13").value == 13 and read_int("«#15").value == 15
+    assert [read_int(t).value for t in ("ce)", "fe)", "(e)", "c)")] == [0, 0, 0, 0]
+    assert read_int("e").value is None  # a letter without brackets is not a zero
+    assert clean_name(["WwW", "Hussain"]) == "W Hussain"
+    assert clean_name(["AB", "Wilson"]) == "AB Wilson" and clean_name(["WW", "Smith"]) == "WW Smith"
+
+
+def test_lines_with_rule_marks_and_confusable_notes_parse() -> None:
+    from app.services.scorecard import parse_text
+
+    text = "\n".join([
+        "Riverside CC v Hilltop XI", "Riverside CC innings",
+        "Batter R B 4s 6s SR",
+        "J Smith c Shah b Mitchell 52 = 55 2 1 94.55",
+        "A Brown not out 9 = «7 0 1 128.57",
+        "Extras (b 1, lb 2, w 3, nb 0) 6",
+        "Total (1 wkt, 10.2 ov) 67",
+        "Bowler O M R W Econ",
+        "R Mitchell 5.2 0 38 1 7.13 (lw, Inb)",
+        "I Shah 5 0 25 0 5.00 (2w)",
+    ])
+    innings = parse_text(text)["innings"][0]
+    assert [(r["batter"], r["runs"], r["balls"]) for r in innings["batting"]] == [("J Smith", 52, 55), ("A Brown", 9, 7)]
+    assert [(r["bowler"], r["overs"], r["runs"]) for r in innings["bowling"]] == [("R Mitchell", "5.2", 38),
+                                                                                    ("I Shah", "5", 25)]
+
+
+def test_overs_whose_decimal_point_was_lost_are_restored_by_the_arithmetic() -> None:
+    from app.services.scorecard import parse_text
+
+    text = "\n".join([
+        "A v B", "A innings", "Batter R B 4s 6s", "X Smith b Jones 10 12 1 0",
+        "Extras (b 0, lb 0, w 0, nb 0) 0", "Total (1 wkt, 8 ov) 10",
+        "Bowler O M R W", "K Jones 40 0 5 1", "L Price 40 0 5 0",
+    ])
+    bowling = parse_text(text)["innings"][0]["bowling"]
+    assert [(r["overs"], r["balls"]) for r in bowling] == [("4", 24), ("4", 24)]
+    # Without the total's overs to confirm it, "40" stays forty overs.
+    bowling = parse_text(text.replace("Total (1 wkt, 8 ov) 10", "Total (1 wkt) 10"))["innings"][0]["bowling"]
+    assert [r["overs"] for r in bowling] == ["40", "40"]
+
+
+def test_aligned_matches_rereads_to_cells_by_position() -> None:
+    from app.services.scorecard.recheck import aligned
+
+    old = [Word(t, x, 0, 40, 30, 90.0) for t, x in (("60", 100), ("27", 200), ("R)", 300), ("222.22", 400))]
+    new = [Word(t, x, 0, 40, 30, 90.0) for t, x in (("60", 101), ("27", 199), ("5", 302), ("222.22", 398),
+                                                       ("32", 420))]
+    assert [w.text if w else None for w in aligned(old, new)] == ["60", "27", "5", None]
+    assert [w.text for w in choose(old, new)] == ["60", "27", "5", "222.22"]

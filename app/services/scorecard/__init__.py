@@ -49,6 +49,8 @@ def _build_table(reader: Reader, inn: Innings, table: str) -> None:
     if assigned is None:
         return
     keys, cells, proposed = assigned
+    if table == "bowling":
+        cells = cols.restore_overs_points(keys, cells, table_context(inn))
     dismissal_left = header.dismissal_left if header is not None else None
     rows = getattr(inn, table)
     for raw_row, texts in zip(raw, cells, strict=True):

@@ -122,7 +122,7 @@ def split_numbers(words: Sequence[Word]) -> tuple[list[Word], list[Word]]:
 def read_header(words: Sequence[Word], table: str) -> Header:
     keys, centers, dismissal_left = [], [], None
     for word in words[1:]:
-        token = word.text.strip(".:,").lower()
+        token = word.text.strip(".:,'’‘|").lower()
         if token.startswith(("dismissal", "how", "dism")):
             dismissal_left = float(word.left) if word.left is not None else None
             continue
@@ -318,6 +318,33 @@ def _table_score(table: str, rows: list[dict[str, Any]], ctx: TableContext) -> f
         if got is not None and want is not None and got == want:
             score += weight
     return score
+
+
+_LOST_POINT_RE = re.compile(r"^\d+0$")
+
+
+def _with_point(text: str | None) -> str | None:
+    """``40`` → ``4.0``: an overs figure whose decimal point OCR lost."""
+    return text[:-1] + ".0" if text is not None and _LOST_POINT_RE.match(text.strip()) else text
+
+
+def restore_overs_points(keys: Sequence[str], cells: list[list[str | None]], ctx: TableContext
+                         ) -> list[list[str | None]]:
+    """Overs printed ``4.0`` and read ``40``: restored when the column prints ``.0`` elsewhere,
+    or when the bowlers' overs then add up to the innings' and did not before."""
+    if "overs" not in keys:
+        return cells
+    i = list(keys).index("overs")
+    texts = [row[i] for row in cells]
+    restored = [_with_point(t) for t in texts]
+    if restored == texts:
+        return cells
+    dotted = any(t is not None and re.search(r"\d\.0$", t.strip()) for t in texts)
+    balls = [_sum([{"overs": read_overs(t).value if t is not None else None} for t in column], "overs")
+             for column in (texts, restored)]
+    if not dotted and (ctx.total_balls is None or balls[1] != ctx.total_balls or balls[0] == ctx.total_balls):
+        return cells
+    return [[restored[r] if j == i else cell for j, cell in enumerate(row)] for r, row in enumerate(cells)]
 
 
 def assign_columns(table: str, rows: Sequence[RawRow], header: Header | None,

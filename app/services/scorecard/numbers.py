@@ -50,9 +50,11 @@ DIGIT_CONFUSIONS = {
     "T": "7", "t": "7",
     "g": "9", "q": "9",
 }
-_STRAY = "()[]{}'\"`´‘’“”,;:*~_^-–—.=«»"
+_STRAY = "()[]{}'\"`´‘’“”,;:*~_^-–—.=«»#"
 #: Marks a ruled or shaded row leaves between cells (``=``, ``~``, ``«``): not a cell.
 _DEBRIS = set("=~_«»—–^")
+#: Letters a bracketed zero is read as (``(e)``, ``ce)``, ``fe)``).
+_ROUND = set("ceCfo0")
 _INT_RE = re.compile(r"^\d{1,4}$")
 _DEC_RE = re.compile(r"^\d{1,4}(?:\.\d{1,3})?$")
 _OVERS_RE = re.compile(r"^\d{1,3}(?:\.\d)?$")
@@ -85,8 +87,8 @@ def _clean_numeric(raw: str) -> tuple[str, bool]:
     if not mapped and text and set(text) <= set("()[]{}"):
         # A lone narrow zero comes out of Tesseract as ")" or "()".
         return "0", True
-    if mapped in ("e", "c", "C") and set(text) & set("()"):
-        # ... or as "(e)" / "c)": a round letter in brackets.
+    if 0 < len(mapped) <= 2 and set(mapped) <= _ROUND and set(text) & set("()"):
+        # ... or as "(e)", "c)", "ce)", "fe)": round letters in brackets.
         return "0", True
     if text == "6)":
         # ... or, in italic faces, as "6)": the slanted oval split in two glyphs.

@@ -178,6 +178,8 @@ def _replaces(old: Word, new: Word | None) -> bool:
     point the second look saw (``40`` for ``4.0``)."""
     if new is None or not _clean(new) or _merged(new):
         return False
+    if len(new.text) > 1 and new.conf is not None and 0 <= new.conf < CONF_MIN:
+        return False  # a guess: the parser's arithmetic does better with an empty cell
     if not _readable(old) or _merged(old):
         return True
     return "." in new.text and new.text.replace(".", "") == old.text and "." not in old.text
