@@ -181,7 +181,7 @@ def run_dev(settings: Settings) -> int:
     """Run the stack until Ctrl-C/SIGTERM or until one child dies; return the exit code."""
     stack = DevStack(settings)
     stack.prepare()
-    stopping = {"signal": None}
+    stopping: dict[str, int | None] = {"signal": None}
 
     def _on_signal(signum: int, _frame: object) -> None:
         stopping["signal"] = signum

@@ -505,7 +505,7 @@ def due_reminders(session: Session, now: datetime, limit: int = 10000) -> list[t
     rows = session.execute(select(Lead.id, Lead.next_reminder_at).where(
         Lead.next_reminder_at.is_not(None), Lead.next_reminder_at <= now,
     ).order_by(Lead.next_reminder_at).limit(limit)).all()
-    return [(lid, due.isoformat()) for lid, due in rows]
+    return [(lid, due.isoformat()) for lid, due in rows if due is not None]
 
 
 def send_reminder(scope: Scope, lead_id: int, due: datetime, now: datetime, period: timedelta,
