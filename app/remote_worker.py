@@ -58,7 +58,7 @@ class Config:
     heartbeat_interval: float = HEARTBEAT_INTERVAL
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | os._Environ[str] = os.environ) -> "Config":
+    def from_env(cls, env: dict[str, str] | os._Environ[str] = os.environ) -> Config:
         """Read the old worker's environment variables; ``SystemExit`` naming what is missing."""
         missing = [name for name in ("SERVER_URL", "WORKER_TOKEN") if not env.get(name)]
         if missing:

@@ -375,7 +375,7 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _check_retention(self) -> "Settings":
+    def _check_retention(self) -> Settings:
         if self.retention_incomplete_hours * 3600 <= self.presign_expiry_seconds:
             raise ValueError("RETENTION_INCOMPLETE_HOURS must exceed PRESIGN_EXPIRY_SECONDS, or a presigned upload URL "
                              "would outlive the collection of its upload")
@@ -534,13 +534,13 @@ class Settings(BaseSettings):
         return value.strip()
 
     @model_validator(mode="after")
-    def _check_voice_fetch_allow_not_in_production(self) -> "Settings":
+    def _check_voice_fetch_allow_not_in_production(self) -> Settings:
         if self.voice_fetch_allow and self.environment == "production":
             raise ValueError("VOICE_FETCH_ALLOW opens the outbound address policy; it is refused in production")
         return self
 
     @model_validator(mode="after")
-    def _check_voice_thresholds(self) -> "Settings":
+    def _check_voice_thresholds(self) -> Settings:
         if not self.voice_threshold_medium <= self.voice_threshold_high <= self.voice_threshold_critical:
             raise ValueError("VOICE_THRESHOLD_MEDIUM <= VOICE_THRESHOLD_HIGH <= VOICE_THRESHOLD_CRITICAL must hold")
         return self
@@ -596,7 +596,7 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _check_beat_lock(self) -> "Settings":
+    def _check_beat_lock(self) -> Settings:
         if self.beat_max_loop_interval * 2 > self.beat_lock_timeout:
             raise ValueError("BEAT_LOCK_TIMEOUT must be at least twice BEAT_MAX_LOOP_INTERVAL, or the active beat "
                              "would lose its lock between two loops")
@@ -686,7 +686,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_limits(self) -> "Settings":
+    def _check_limits(self) -> Settings:
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("TASK_SOFT_TIME_LIMIT must be lower than TASK_TIME_LIMIT")
         if self.broker_visibility_timeout <= self.task_time_limit:
@@ -694,7 +694,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_production_secrets(self) -> "Settings":
+    def _check_production_secrets(self) -> Settings:
         """ENVIRONMENT=production refuses to start with a missing, shipped or guessable secret."""
         if self.environment != "production":
             return self

@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -322,7 +322,7 @@ def list_scan_containers(client: docker.DockerClient) -> list[Any]:
 def remove_stale_containers(client: docker.DockerClient, older_than: float,
                             now: datetime | None = None) -> list[str]:
     """Remove labelled containers created more than ``older_than`` seconds ago; their ids."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     cutoff = now - timedelta(seconds=older_than)
     removed = []
     for container in list_scan_containers(client):
@@ -347,7 +347,7 @@ def _parse_docker_time(value: str) -> datetime | None:
     head, frac, tz = match.groups()
     text = head + (f".{frac[:6].ljust(6, '0')}" if frac else "") + ("+00:00" if tz in (None, "Z") else tz)
     try:
-        return datetime.fromisoformat(text).astimezone(timezone.utc)
+        return datetime.fromisoformat(text).astimezone(UTC)
     except ValueError:
         return None
 

@@ -11,7 +11,8 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -105,7 +106,7 @@ def parse_business_hours(raw: Any) -> Hours:
                     f"business_hours.{day}[{i}]: end {pair[1]} is not after start {pair[0]}", ploc)
             parsed.append((start, end))
         parsed.sort(key=lambda p: p[0])
-        for (s1, e1), (s2, _) in zip(parsed, parsed[1:]):
+        for (_, e1), (s2, _) in pairwise(parsed):
             if e1 is None or e1 > s2:
                 raise ScheduleInputError(f"business_hours.{day}: intervals overlap", loc)
         hours[day] = parsed
@@ -134,8 +135,8 @@ def _wall_to_instant(wall: datetime, zone: ZoneInfo) -> datetime:
     For a wall time inside a DST gap (02:30 on a spring-forward night) that is the end
     of the gap (03:00 new time), found by bisection between the two offsets' readings.
     """
-    early = wall.replace(tzinfo=zone, fold=1).astimezone(timezone.utc)
-    late = wall.replace(tzinfo=zone, fold=0).astimezone(timezone.utc)
+    early = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    late = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
     lo, hi = min(early, late), max(early, late)
     if lo.astimezone(zone).replace(tzinfo=None) >= wall:
         return lo
