@@ -270,15 +270,17 @@ def _resend(first: Submitted | None, first_item: NewMessage, item: NewMessage) -
 
 def _insert_rest(session: Session, created: list[tuple[str, NewMessage]]) -> None:
     """The new messages' deliveries, first status rows and outbox events: one multi-row
-    INSERT each."""
+    INSERT each (``RETURNING`` makes SQLAlchemy send one statement of many rows, not one
+    statement per row)."""
     if not created:
         return
     now = utcnow()
-    session.execute(insert(_table(MessageDelivery)), [
+    deliveries, history = _table(MessageDelivery), _table(MessageStatusUpdate)
+    session.execute(insert(deliveries).returning(deliveries.c.id), [
         {"message_id": message_id, "channel": name, "status": DeliveryStatus.PENDING, "attempts": 0,
          "updated_at": now}
         for message_id, item in created for name in (CHANNELS if item.channel == "all" else (item.channel,))])
-    session.execute(insert(_table(MessageStatusUpdate)), [
+    session.execute(insert(history).returning(history.c.id), [
         {"message_id": message_id, "status": MessageStatus.QUEUED, "detail": "accepted", "created_at": now}
         for message_id, _ in created])
     add_events(session, aggregate_type="message", event_type="message.submitted", task_name=ROUTE_TASK,

@@ -113,11 +113,12 @@ def add_event(
 def add_events(session: Session, *, aggregate_type: str, event_type: str, task_name: str,
                events: list[tuple[str, dict[str, Any]]]) -> None:
     """``add_event`` for many events due now, as one multi-row INSERT (a bulk submit):
-    ``events`` are (aggregate id, payload) pairs; the ids are not read back."""
+    ``events`` are (aggregate id, payload) pairs. (``RETURNING`` makes it one statement of
+    many rows rather than one statement per row.)"""
     if not events:
         return
     trace_headers, now = carrier(), utcnow()
-    session.execute(insert(OutboxEvent), [
+    session.execute(insert(OutboxEvent).returning(OutboxEvent.id), [
         _event_row(aggregate_type, str(aggregate_id), event_type, task_name, payload, trace_headers, now)
         for aggregate_id, payload in events])
     session.info[PENDING_KEY] = True

@@ -106,8 +106,8 @@ def wrk(url: str, path: str, body: str, auth: str, seconds: float, tmp: Path, si
     script.write_text(LUA % {"body": body, "path": path, "auth": auth, "run": f"{os.getpid()}.{_runs}",
                              "size": size})
     proc = subprocess.run(["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", f"{max(1, round(seconds))}s", "--latency",
-                          "--timeout", "5s", "-s", str(script), url], capture_output=True, text=True,
-                         timeout=seconds + 60)
+                          "--timeout", "60s" if size else "10s", "-s", str(script), url], capture_output=True, text=True,
+                         timeout=seconds + 120)
     out = proc.stdout
     found = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if found is None:
@@ -164,7 +164,7 @@ def paced_run(port: int, path: str, body: str, auth: str, rate: float, seconds: 
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=seconds + 60)
+        t.join(timeout=seconds + 120)
     from bench.common import percentile
 
     elapsed = max(latencies) / 1000 + total / rate if latencies else seconds

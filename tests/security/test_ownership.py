@@ -30,6 +30,7 @@ NOT_OWNED = {
     ("POST", "/api/uploads"): "creates an upload",
     ("POST", "/api/voice"): "creates a voice task (a storage_key it names is checked below)",
     ("POST", "/api/messages"): "creates a message (ids per client: checked below)",
+    ("POST", "/api/messages/batch"): "creates messages (ids per client: tests/unit/test_messages_batch.py)",
     ("POST", "/api/files"): "creates a file",
     ("POST", "/api/tenants"): "creates a tenant",
     ("POST", "/api/leads"): "creates a lead (its tenant_id is checked below)",
