@@ -64,10 +64,10 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "scan-test-site/1.0"
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         sys.stderr.write("%s %s\n" % (self.address_string(), format % args))
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         parts = urlsplit(self.path)
         path, query = parts.path, parse_qs(parts.query)
         if path in REDIRECTS:

@@ -75,8 +75,16 @@ def main() -> None:
     import sys
 
     from app.devserver import start_private_redis
-    from bench.common import Figure, machine, percentile, scratch_database, start_worker_process, stop, today, \
-        write_summary
+    from bench.common import (
+        Figure,
+        machine,
+        percentile,
+        scratch_database,
+        start_worker_process,
+        stop,
+        today,
+        write_summary,
+    )
 
     redis_proc, redis_url = start_private_redis()
     tmp = Path(tempfile.mkdtemp(prefix="bench-beat-"))

@@ -78,8 +78,17 @@ def main() -> None:
 
     from app.devserver import start_private_redis
     from app.settings import QUEUES
-    from bench.common import Figure, deploy_env, machine, scratch_database, spawn_worker, stop, today, wait_worker, \
-        write_summary
+    from bench.common import (
+        Figure,
+        deploy_env,
+        machine,
+        scratch_database,
+        spawn_worker,
+        stop,
+        today,
+        wait_worker,
+        write_summary,
+    )
 
     redis_proc, redis_url = start_private_redis()
     tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))
@@ -160,7 +169,7 @@ def main() -> None:
     write_summary(args.summary, [
         Figure("Memory: worker processes of all 9 queues at idle", f"{idle_total:,.0f} MiB RSS in all",
                "", "", "", None, "per queue and process: docs/performance.md, memory table"),
-        Figure(f"Memory: largest growth per 1,000 tasks, any worker process", f"{worst:+.1f} MiB",
+        Figure("Memory: largest growth per 1,000 tasks, any worker process", f"{worst:+.1f} MiB",
                "idle RSS of the same process", "", "no steady growth (sets WORKER_MAX_TASKS_PER_CHILD)",
                None, f"{args.tasks} tasks per queue"),
     ])

@@ -73,7 +73,6 @@ def end_to_end(count: int, rate: float, redis_url: str, db_url: str, tmp: Path) 
     from app.db import session_scope
     from app.devserver import free_port
     from app.services.auth import create_api_key
-
     from bench.common import stop
 
     channel_port, api_port = free_port(), free_port()
@@ -154,8 +153,16 @@ def main() -> None:
         args.events, args.repeat, args.messages = 1000, 3, 100
 
     from app.devserver import start_private_redis
-    from bench.common import (Figure, machine, median_spread, percentile, replace_section, scratch_database, today,
-                              write_summary)
+    from bench.common import (
+        Figure,
+        machine,
+        median_spread,
+        percentile,
+        replace_section,
+        scratch_database,
+        today,
+        write_summary,
+    )
 
     redis_proc, redis_url = start_private_redis()
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-outbox-{os.getpid()}"

@@ -216,8 +216,16 @@ def main() -> None:
         args.repeat, args.scans = 5, 8
 
     from app.devserver import free_port, start_private_redis
-    from bench.common import (Figure, machine, median_spread, percentile, replace_section, scratch_database, today,
-                              write_summary)
+    from bench.common import (
+        Figure,
+        machine,
+        median_spread,
+        percentile,
+        replace_section,
+        scratch_database,
+        today,
+        write_summary,
+    )
 
     redis_proc, redis_url = start_private_redis()
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-scans-{os.getpid()}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 
-import pytest
 from sqlalchemy import func, select
 
 from app.db import session_scope

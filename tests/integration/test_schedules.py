@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ from sqlalchemy import select
 from tests.fixtures.services import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-UTC = timezone.utc
+UTC = UTC
 JOBS = ("campaign-scheduler", "lead-reminder-scheduler", "call-scheduler", "trial-expiration", "call-cleanup")
 SLOT = 2.0
 BATCH_DELAY = 2.0

@@ -83,7 +83,7 @@ def test_scan_container_is_hardened_as_documented(api, docker_client, scan_sites
     expect(host["Privileged"] is False, "not privileged")
     expect(host["PidMode"] in ("", None) and host["UTSMode"] in ("", None) and host["UsernsMode"] in ("", None),
            "no host PID/UTS/user namespace")
-    expect(not host.get("Binds") and not attrs["Mounts"] or all(m["Type"] == "tmpfs" for m in attrs["Mounts"]),
+    expect((not host.get("Binds") and not attrs["Mounts"]) or all(m["Type"] == "tmpfs" for m in attrs["Mounts"]),
            "no bind mounts or volumes")
     expect(not host.get("Devices") and not host.get("DeviceRequests"), "no devices")
     expect(not host.get("PortBindings") and not host.get("PublishAllPorts"), "no published ports")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import pytest
 from kombu import Queue
 
@@ -52,9 +54,9 @@ def test_queues_modules_and_routes_derive_from_the_families() -> None:
     from app.celery_app import TASK_MODULES
     from app.settings import FAMILIES
 
-    assert QUEUES == tuple(FAMILIES)
-    assert TASK_MODULES == [f"app.tasks.{m}" for m in FAMILIES.values()]
-    assert celeryconfig.FAMILY_QUEUES == {f"app.tasks.{m}": q for q, m in FAMILIES.items()}
+    assert tuple(FAMILIES) == QUEUES
+    assert [f"app.tasks.{m}" for m in FAMILIES.values()] == TASK_MODULES
+    assert {f"app.tasks.{m}": q for q, m in FAMILIES.items()} == celeryconfig.FAMILY_QUEUES
 
 
 def test_every_task_is_routed_to_its_familys_queue_and_there_is_one_probe() -> None:
@@ -88,11 +90,11 @@ def test_beat_entries_are_the_jobs_and_each_task_is_named_as_beat_names_it() -> 
 
 
 def test_a_beat_job_runs_as_of_an_iso_time_with_an_offset_only() -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from app.services.jobs import parse_now
 
-    assert parse_now("2030-01-02T03:04:05+00:00") == datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert parse_now("2030-01-02T03:04:05+00:00") == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert parse_now(None).tzinfo is not None
     with pytest.raises(ValueError, match="UTC offset"):
         parse_now("2030-01-02T03:04:05")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -58,7 +58,7 @@ def test_timestamps_come_back_timezone_aware(engine) -> None:  # type: ignore[no
     with Session(engine) as session:
         row = session.scalars(select(ApiKey).where(ApiKey.key_hash == "h" * 64)).one()
         assert row.created_at.tzinfo is not None
-        assert row.created_at.utcoffset() == timezone.utc.utcoffset(None)
+        assert row.created_at.utcoffset() == UTC.utcoffset(None)
         session.delete(row)
         session.delete(session.get(Client, row.client_id))
         session.commit()
@@ -67,10 +67,9 @@ def test_timestamps_come_back_timezone_aware(engine) -> None:  # type: ignore[no
 def test_session_scope_rolls_back_on_error(pg_database) -> None:  # type: ignore[no-untyped-def]
     from app.db import session_scope
 
-    with pytest.raises(RuntimeError):
-        with session_scope() as session:
-            session.add(Client(name="rollback"))
-            session.flush()
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), session_scope() as session:
+        session.add(Client(name="rollback"))
+        session.flush()
+        raise RuntimeError("boom")
     with session_scope() as session:
         assert session.scalars(select(Client).where(Client.name == "rollback")).first() is None

@@ -32,11 +32,11 @@ LOCAL = ["127.0.0.1/32"]
 class CountingHandler(scans_sites.Handler):
     requests: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         CountingHandler.requests.append(self.path)
         super().do_GET()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -264,7 +264,7 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "scan-test"),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tests")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(4242).not_valid_before(now - dt.timedelta(hours=1))
             .not_valid_after(now + dt.timedelta(days=30))
@@ -302,7 +302,7 @@ def test_https_reports_tls_details_of_an_untrusted_certificate(tmp_path: Path) -
     assert tls["subject"] == "CN=scan-test, O=Tests" and tls["issuer"] == "CN=scan-test, O=Tests"
     assert tls["san"] == ["DNS:localhost", "IP Address:127.0.0.1"]
     not_before = dt.datetime.fromisoformat(tls["not_before"])
-    assert dt.timedelta(minutes=50) < dt.datetime.now(dt.timezone.utc) - not_before < dt.timedelta(minutes=70)
+    assert dt.timedelta(minutes=50) < dt.datetime.now(dt.UTC) - not_before < dt.timedelta(minutes=70)
     assert dt.datetime.fromisoformat(tls["not_after"]) > not_before + dt.timedelta(days=29)
     assert tls["serial"] == "1092" and len(tls["sha256"]) == 64
     assert doc["timings"]["tls_ms"] > 0

@@ -8,12 +8,12 @@ import hashlib
 
 from sqlalchemy import select
 
-from app.services.outbox import task_kwargs
 from app.db import session_scope
 from app.models.files import File, FileChunk
 from app.models.outbox import OutboxEvent
 from app.services.auth import create_api_key
 from app.services.files import chunk_key
+from app.services.outbox import task_kwargs
 from app.settings import get_settings
 from app.storage import get_storage
 

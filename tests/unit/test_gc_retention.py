@@ -7,7 +7,8 @@ unexpired ones are kept; and the ``retention-gc`` beat entry (its task through a
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from app.db import session_scope
@@ -19,7 +20,7 @@ from app.services.voice.jobs import audio_key_for
 from app.settings import Settings, get_settings
 from app.storage import Storage, get_storage
 
-NOW = datetime(2030, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 POLICY = RetentionPolicy(originals=timedelta(days=30), failed=timedelta(days=7), incomplete=timedelta(hours=24))
 
 
@@ -154,8 +155,9 @@ def test_the_purge_refuses_a_presign_that_outlives_the_incomplete_retention() ->
 
 
 def test_retention_beat_entry_runs_daily_on_the_gc_queue() -> None:
-    import celeryconfig
     from celery.schedules import crontab
+
+    import celeryconfig
 
     entry = celeryconfig.beat_schedule["retention-gc"]
     assert entry["task"] == "app.tasks.gc.purge_expired"

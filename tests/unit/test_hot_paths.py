@@ -19,8 +19,8 @@ from app.models.outbox import OutboxEvent
 from app.models.schedules import Campaign, CampaignRecipient
 from app.models.voice import VoiceJob
 from app.services import schedules as svc
-from app.services.voice import jobs as voice_jobs
 from app.services.auth import create_api_key, verify_api_key
+from app.services.voice import jobs as voice_jobs
 
 
 def test_voice_claim_of_several_in_one_statement_then_results_recorded_together(pg_database) -> None:  # type: ignore[no-untyped-def]

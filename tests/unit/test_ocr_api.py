@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import func, select
 
-from app.services.outbox import task_kwargs
 from app.db import session_scope
 from app.models.ocr import Upload
 from app.models.outbox import OutboxEvent
+from app.services.outbox import task_kwargs
 from app.settings import get_settings
 from app.storage import get_storage
 

@@ -139,7 +139,7 @@ class _Recorder(BaseHTTPRequestHandler):
 
     seen: list[tuple[int, str, str]]
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.server.seen.append((self.server.server_address[1], self.path, self.headers["Host"]))  # type: ignore[attr-defined]
         if self.path.startswith("/to?url="):
             self.send_response(302)
@@ -152,7 +152,7 @@ class _Recorder(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

@@ -10,7 +10,7 @@ import dataclasses
 import shutil
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,7 @@ class TestRuns:
         try:
             assert remove_stale_containers(docker_client, 3600) == []
             assert not _gone(docker_client, stray.id)
-            future = datetime.now(timezone.utc) + timedelta(seconds=5)
+            future = datetime.now(UTC) + timedelta(seconds=5)
             assert remove_stale_containers(docker_client, 1, now=future) == [stray.id]
             assert _gone(docker_client, stray.id) and not _gone(docker_client, other.id)
         finally:
@@ -148,8 +148,8 @@ class TestRuns:
 
 def test_docker_timestamps_with_nanoseconds() -> None:
     assert _parse_docker_time("2026-11-22T20:08:11.570064123Z") == datetime(2026, 11, 22, 20, 8, 11, 570064,
-                                                                            tzinfo=timezone.utc)
-    assert _parse_docker_time("2026-11-22T20:08:11Z") == datetime(2026, 11, 22, 20, 8, 11, tzinfo=timezone.utc)
+                                                                            tzinfo=UTC)
+    assert _parse_docker_time("2026-11-22T20:08:11Z") == datetime(2026, 11, 22, 20, 8, 11, tzinfo=UTC)
     assert _parse_docker_time("2026-11-22T21:08:11.5+01:00") == datetime(2026, 11, 22, 20, 8, 11, 500000,
-                                                                         tzinfo=timezone.utc)
+                                                                         tzinfo=UTC)
     assert _parse_docker_time("") is None and _parse_docker_time("garbage") is None

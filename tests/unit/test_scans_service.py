@@ -73,8 +73,8 @@ def test_only_the_documented_transitions_are_legal() -> None:
     legal = {("QUEUED", "FETCHING"), ("FETCHING", "ANALYZING"), ("ANALYZING", "COMPLETED"),
              ("FETCHING", "TIMED_OUT"), ("ANALYZING", "TIMED_OUT"),
              ("QUEUED", "FAILED"), ("FETCHING", "FAILED"), ("ANALYZING", "FAILED")}
-    assert TRANSITIONS == legal
-    assert RECOVERY_TRANSITIONS == {("FETCHING", "QUEUED"), ("ANALYZING", "QUEUED")}
+    assert legal == TRANSITIONS
+    assert {("FETCHING", "QUEUED"), ("ANALYZING", "QUEUED")} == RECOVERY_TRANSITIONS
     for a in STATES:
         for b in STATES:
             if (a, b) in legal:
@@ -96,10 +96,9 @@ def test_transition_bumps_the_version_and_audits_in_one_transaction(pg_database)
         assert (job.state, job.version, job.finished_at) == ("FETCHING", 2, None)
     assert _audit(job_id) == [("QUEUED", "FETCHING", 2, "w1")]
     # Rolled back: neither the state nor the audit row stays.
-    with pytest.raises(RuntimeError):
-        with session_scope() as session:
-            transition(session, job_id, from_state="FETCHING", to_state="ANALYZING", version=2, worker="w1")
-            raise RuntimeError("crash before commit")
+    with pytest.raises(RuntimeError), session_scope() as session:
+        transition(session, job_id, from_state="FETCHING", to_state="ANALYZING", version=2, worker="w1")
+        raise RuntimeError("crash before commit")
     with session_scope() as session:
         assert session.get(ScanJob, job_id).state == "FETCHING"
     assert len(_audit(job_id)) == 1
@@ -118,9 +117,8 @@ def test_stale_version_or_state_updates_nothing(pg_database) -> None:  # type: i
         assert transition(session, job_id, from_state="QUEUED", to_state="FETCHING", version=4, worker="w") is None
         assert transition(session, job_id, from_state="FETCHING", to_state="ANALYZING", version=5, worker="w") is None
     assert _audit(job_id) == []
-    with pytest.raises(IllegalTransition):
-        with session_scope() as session:
-            transition(session, job_id, from_state="QUEUED", to_state="COMPLETED", version=5, worker="w")
+    with pytest.raises(IllegalTransition), session_scope() as session:
+        transition(session, job_id, from_state="QUEUED", to_state="COMPLETED", version=5, worker="w")
 
 
 def test_two_claims_racing_on_one_version_one_wins(pg_database) -> None:  # type: ignore[no-untyped-def]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -15,12 +15,13 @@ from app.models.schedules import CampaignRecipient, Lead, Tenant
 from app.services import jobs
 from app.services import schedules as svc
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def test_slow_run_is_never_overlapped_and_the_skip_is_counted(pg_database, redis_client, unique) -> None:  # type: ignore[no-untyped-def]
     from app.db import session_scope
-    from app.locks import redis_client as lock_redis, reset_redis_client
+    from app.locks import redis_client as lock_redis
+    from app.locks import reset_redis_client
 
     reset_redis_client()
     job = f"slow-{unique}"

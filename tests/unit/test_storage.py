@@ -9,7 +9,7 @@ import socket
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,13 +27,12 @@ from app.storage import (
     Storage,
     StorageError,
     StorageKeyNotFound,
-    StorageUnavailable,
     StorageTokenExpired,
     StorageTokenInvalid,
+    StorageUnavailable,
     get_storage,
     s3_etag,
 )
-
 
 MiB = 1024 * 1024
 
@@ -153,9 +152,8 @@ def test_list_by_prefix_is_sorted_and_isolated(storage: Storage) -> None:
 
 
 def test_missing_key_raises_not_found(storage: Storage, tmp_path: Path) -> None:
-    with pytest.raises(StorageKeyNotFound):
-        with storage.open("nope/missing"):
-            pass
+    with pytest.raises(StorageKeyNotFound), storage.open("nope/missing"):
+        pass
     with pytest.raises(StorageKeyNotFound):
         storage.download_to_path("nope/missing", tmp_path / "x")
     with pytest.raises(StorageKeyNotFound):
@@ -342,7 +340,7 @@ def test_presigned_put_url(storage: Storage) -> None:
 
 
 def test_abort_incomplete_uploads(storage: Storage) -> None:
-    later = datetime.now(timezone.utc) + timedelta(hours=1)
+    later = datetime.now(UTC) + timedelta(hours=1)
     if not isinstance(storage, S3Storage):
         assert storage.abort_incomplete_uploads(later) == 0
         return
@@ -351,14 +349,14 @@ def test_abort_incomplete_uploads(storage: Storage) -> None:
     client.create_multipart_upload(Bucket=bucket, Key="a/dead")
     client.create_multipart_upload(Bucket=bucket, Key="b/elsewhere")
     # moto reports every upload as initiated in 2010: all are older than a cutoff of now.
-    assert storage.abort_incomplete_uploads(datetime(2000, 1, 1, tzinfo=timezone.utc)) == 0
+    assert storage.abort_incomplete_uploads(datetime(2000, 1, 1, tzinfo=UTC)) == 0
     assert storage.abort_incomplete_uploads(later, keep={"a/live"}, prefix="a/") == 1
     left = {u["Key"]: u["UploadId"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
     assert left == {"a/live": kept, "b/elsewhere": left["b/elsewhere"]}
 
 
 def test_sweep_temporary(storage: Storage) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if not isinstance(storage, LocalStorage):
         assert storage.sweep_temporary(now, prefix="files/") == 0
         return
