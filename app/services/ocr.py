@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session
 from app.db import rows_changed
 from app.filenames import sanitize_filename
 from app.models.base import utcnow
-from app.models.ocr import Upload
+from app.models.ocr import Upload, UploadStatus
 from app.services.ocr_image import Prepared, prepare, write_crops
 from app.services.outbox import add_event
 from app.services.scorecard import Word, parse_scorecard, recheck
@@ -177,12 +177,12 @@ def create_upload(session: Session, storage: Storage, *, filename: str | None, s
     stream.seek(0)
     content_type = detect_content_type(head)
     upload = Upload(id=upload_id, filename=sanitize_filename(filename, default="upload"), content_type=content_type, size=size,
-                    storage_key=storage_key(upload_id), status="uploaded", client_id=client_id)
+                    storage_key=storage_key(upload_id), status=UploadStatus.UPLOADED, client_id=client_id)
     try:
         check_size(size, limits)
         check_type(content_type, limits)
     except UploadRejected as exc:
-        upload.status, upload.error, upload.finished_at = "failed", exc.reason, utcnow()
+        upload.status, upload.error, upload.finished_at = UploadStatus.FAILED, exc.reason, utcnow()
         session.add(upload)
         session.flush()
         logger.info("upload rejected", extra={"upload_id": upload_id, "reason": exc.reason})
@@ -204,7 +204,7 @@ def start_direct_upload(session: Session, storage: Storage, *, filename: str | N
             "direct (presigned) uploads need STORAGE_BACKEND=s3; send the file as multipart/form-data instead",
         )
     upload = Upload(id=upload_id, filename=sanitize_filename(filename, default="upload"), storage_key=storage_key(upload_id),
-                    status="uploaded", client_id=client_id)
+                    status=UploadStatus.UPLOADED, client_id=client_id)
     session.add(upload)
     session.flush()
     return upload, url
@@ -224,9 +224,9 @@ def complete_upload(session: Session, storage: Storage, upload_id: str, limits: 
     upload = session.get(Upload, upload_id, with_for_update=True)
     if upload is None:
         raise LookupError(upload_id)
-    if upload.status == "failed":
+    if upload.status == UploadStatus.FAILED:
         raise UploadStateError("upload_failed", f"upload {upload_id} has failed: {upload.error}")
-    if upload.status != "uploaded":
+    if upload.status != UploadStatus.UPLOADED:
         return upload, False
     if upload.size is None:  # direct upload: look at what arrived
         try:
@@ -243,7 +243,7 @@ def complete_upload(session: Session, storage: Storage, upload_id: str, limits: 
             check_type(upload.content_type, limits)
         except UploadRejected as exc:
             # Recorded, not raised: the caller commits the failure and answers 409.
-            upload.status, upload.error, upload.finished_at = "failed", exc.reason, utcnow()
+            upload.status, upload.error, upload.finished_at = UploadStatus.FAILED, exc.reason, utcnow()
             storage.delete(upload.storage_key)
             upload.original_purged_at = utcnow()
             session.flush()
@@ -251,8 +251,8 @@ def complete_upload(session: Session, storage: Storage, upload_id: str, limits: 
             return upload, False
     claimed = rows_changed(
         session,
-        update(Upload).where(Upload.id == upload_id, Upload.status == "uploaded")
-        .values(status="queued", queued_at=utcnow(), updated_at=utcnow()),
+        update(Upload).where(Upload.id == upload_id, Upload.status == UploadStatus.UPLOADED)
+        .values(status=UploadStatus.QUEUED, queued_at=utcnow(), updated_at=utcnow()),
         synchronize=False,
     )
     if claimed:
@@ -309,9 +309,9 @@ def _claim(deps: OcrDeps, upload_id: str) -> tuple[str | None, Upload | None]:
         claimed = rows_changed(
             session,
             update(Upload)
-            .where(Upload.id == upload_id, Upload.status.in_(("queued", "processing")),
+            .where(Upload.id == upload_id, Upload.status.in_((UploadStatus.QUEUED, UploadStatus.PROCESSING)),
                    Upload.attempts < deps.limits.max_attempts)
-            .values(status="processing", claim_token=token, attempts=Upload.attempts + 1, pages_done=0,
+            .values(status=UploadStatus.PROCESSING, claim_token=token, attempts=Upload.attempts + 1, pages_done=0,
                     pages_total=None, text=None, page_confidences=None, parsed_preview=None, error=None,
                     started_at=now, finished_at=None, updated_at=now),
             synchronize=False,
@@ -328,7 +328,7 @@ def _write(deps: OcrDeps, upload_id: str, token: str, **values: Any) -> None:
     with deps.scope() as session:
         changed = rows_changed(
             session,
-            update(Upload).where(Upload.id == upload_id, Upload.claim_token == token, Upload.status == "processing")
+            update(Upload).where(Upload.id == upload_id, Upload.claim_token == token, Upload.status == UploadStatus.PROCESSING)
             .values(**values),
             synchronize=False,
         )
@@ -356,7 +356,7 @@ def process_upload(deps: OcrDeps, upload_id: str) -> ProcessOutcome:
     if upload is None:
         return ProcessOutcome("missing")
     if token is None:
-        if upload.status in ("queued", "processing") and upload.attempts >= deps.limits.max_attempts:
+        if upload.status in (UploadStatus.QUEUED, UploadStatus.PROCESSING) and upload.attempts >= deps.limits.max_attempts:
             return _give_up(deps, upload_id, upload.attempts)
         logger.info("upload not claimable", extra={"upload_id": upload_id, "status": upload.status})
         return ProcessOutcome("already_done", upload.status)
@@ -367,7 +367,7 @@ def process_upload(deps: OcrDeps, upload_id: str) -> ProcessOutcome:
             pages, timings = _ocr_file(deps, upload_id, token, upload.storage_key, tmp, limits)
         preview = parse_scorecard([p.lines for p in pages])
         confidences = [p.mean_confidence for p in pages]
-        _write(deps, upload_id, token, status="ready", parsed_preview=preview,
+        _write(deps, upload_id, token, status=UploadStatus.READY, parsed_preview=preview,
                text="\f".join(p.text for p in pages), page_confidences=confidences, pages_done=len(pages),
                ocr_seconds=round(sum(p.seconds for p in pages), 3), finished_at=utcnow(), claim_token=None)
         logger.info("upload ready", extra={"upload_id": upload_id, "pages": len(pages),
@@ -390,7 +390,7 @@ def process_upload(deps: OcrDeps, upload_id: str) -> ProcessOutcome:
 
 def _fail(deps: OcrDeps, upload_id: str, token: str, reason: str) -> ProcessOutcome:
     try:
-        _write(deps, upload_id, token, status="failed", error=reason, finished_at=utcnow(), claim_token=None)
+        _write(deps, upload_id, token, status=UploadStatus.FAILED, error=reason, finished_at=utcnow(), claim_token=None)
     except LostClaim:
         return ProcessOutcome("superseded")
     logger.info("upload failed", extra={"upload_id": upload_id, "reason": reason})
@@ -415,8 +415,8 @@ def fail_upload(scope: Callable[[], AbstractContextManager[Session]], upload_id:
     with scope() as session:
         return bool(rows_changed(
             session,
-            update(Upload).where(Upload.id == upload_id, Upload.status.in_(("queued", "processing")))
-            .values(status="failed", error=reason, finished_at=utcnow(), updated_at=utcnow(), claim_token=None),
+            update(Upload).where(Upload.id == upload_id, Upload.status.in_((UploadStatus.QUEUED, UploadStatus.PROCESSING)))
+            .values(status=UploadStatus.FAILED, error=reason, finished_at=utcnow(), updated_at=utcnow(), claim_token=None),
             synchronize=False,
         ))
 

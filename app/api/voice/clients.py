@@ -19,7 +19,7 @@ from app.api.ownership import owned, owner
 from app.api.spec import BEARER, ViewResult, spec
 from app.api.voice import MAX_METADATA_BYTES, MAX_TRANSCRIPT_CHARS, _bad, _settings, bp
 from app.db import session_scope
-from app.models.voice import VoiceJob
+from app.models.voice import VoiceJob, VoiceJobStatus
 from app.services.voice import jobs as voice_jobs
 from app.storage import get_storage
 
@@ -85,8 +85,8 @@ class VoiceJobOut(BaseModel):
 
 def _job_out(task: VoiceJob) -> dict[str, Any]:
     return VoiceJobOut(
-        id=task.id, status=task.status, target=task.target, result=task.result if task.status == "completed" else None,
-        error=task.error if task.status == "failed" else None, attempts=task.attempts, metadata=task.meta or {},
+        id=task.id, status=task.status, target=task.target, result=task.result if task.status == VoiceJobStatus.COMPLETED else None,
+        error=task.error if task.status == VoiceJobStatus.FAILED else None, attempts=task.attempts, metadata=task.meta or {},
         has_audio=bool(task.audio_key or task.audio_url), created_at=task.created_at, updated_at=task.updated_at,
         finished_at=task.finished_at,
     ).model_dump(mode="json")

@@ -27,13 +27,13 @@ from sqlalchemy.orm.attributes import set_committed_value
 from app import outbound
 from app.db import rows_changed
 from app.models.base import utcnow
-from app.models.voice import VoiceJob
+from app.models.voice import VoiceJob, VoiceJobStatus
 from app.services.outbox import add_event
 
 logger = logging.getLogger(__name__)
 
 SCORE_TASK = "app.tasks.voice.score"
-HELD = ("claimed", "processing")
+HELD = (VoiceJobStatus.CLAIMED, VoiceJobStatus.PROCESSING)
 
 
 class JobNotFound(LookupError):
@@ -103,7 +103,7 @@ def create_job(
     """Add a pending task of ``client_id``; a Celery-targeted one gets its outbox event in
     the same transaction."""
     task = VoiceJob(id=task_id, target=target, audio_key=audio_key, audio_url=audio_url, transcript=transcript,
-                     meta=meta or {}, status="pending", attempts=0, version=0, api_key_id=api_key_id,
+                     meta=meta or {}, status=VoiceJobStatus.PENDING, attempts=0, version=0, api_key_id=api_key_id,
                      client_id=client_id)
     session.add(task)
     session.flush()
@@ -143,8 +143,8 @@ def claim(session: Session, task_id: str, holder: str, lease_seconds: float,
     One conditional ``UPDATE … RETURNING``: the check and the claim are a single
     statement, so there is no read before it.
     """
-    stmt = (update(VoiceJob).where(VoiceJob.id == task_id, VoiceJob.status == "pending")
-            .values(_claimed("claimed", holder, lease_seconds, now or utcnow())).returning(VoiceJob))
+    stmt = (update(VoiceJob).where(VoiceJob.id == task_id, VoiceJob.status == VoiceJobStatus.PENDING)
+            .values(_claimed(VoiceJobStatus.CLAIMED, holder, lease_seconds, now or utcnow())).returning(VoiceJob))
     task = _returned(session, stmt)
     if task is None and session.get(VoiceJob, task_id, populate_existing=True) is None:
         raise JobNotFound(task_id)
@@ -172,8 +172,8 @@ def claim_many(session: Session, task_ids: list[str], holder: str, lease_seconds
     not pending (someone else holds it, it is finished, or it does not exist:
     ``statuses`` tells which).
     """
-    stmt = (update(VoiceJob).where(VoiceJob.id.in_(task_ids), VoiceJob.status == "pending")
-            .values(_claimed("processing", holder, lease_seconds, now or utcnow()))
+    stmt = (update(VoiceJob).where(VoiceJob.id.in_(task_ids), VoiceJob.status == VoiceJobStatus.PENDING)
+            .values(_claimed(VoiceJobStatus.PROCESSING, holder, lease_seconds, now or utcnow()))
             .returning(VoiceJob.id, VoiceJob.audio_key, VoiceJob.audio_url, VoiceJob.transcript))
     rows = session.execute(stmt, execution_options={"synchronize_session": False})
     return {row.id: Claimed(row.audio_key, row.audio_url, row.transcript) for row in rows}
@@ -216,7 +216,7 @@ def claim_next(session: Session, holder: str, targets: list[str], lease_seconds:
     """Claim the oldest pending task of ``targets``; ``None`` when there is none."""
     now = now or utcnow()
     for _ in range(5):  # a lost race moves on to the next candidate
-        stmt = (select(VoiceJob.id).where(VoiceJob.status == "pending", VoiceJob.target.in_(targets))
+        stmt = (select(VoiceJob.id).where(VoiceJob.status == VoiceJobStatus.PENDING, VoiceJob.target.in_(targets))
                 .order_by(VoiceJob.created_at, VoiceJob.id).limit(1))
         if session.get_bind().dialect.name == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True)
@@ -245,7 +245,7 @@ def start(session: Session, task_id: str, holder: str, lease_seconds: float,
     """claimed/processing → processing, renewing the lease; ``NotHolder`` otherwise."""
     now = now or utcnow()
     task = _held(session, task_id, holder, fresh=False)
-    if not _transition(session, task, HELD, holder, status="processing",
+    if not _transition(session, task, HELD, holder, status=VoiceJobStatus.PROCESSING,
                        lease_until=now + timedelta(seconds=lease_seconds)):
         raise NotHolder(session.get(VoiceJob, task_id, populate_existing=True) or task)
     return task
@@ -257,7 +257,7 @@ def _complete_stmt(task_id: Any, holder: Any, result: Any, now: datetime) -> Any
     return (update(VoiceJob)
             .where(VoiceJob.id == task_id, or_(*(VoiceJob.status == s for s in HELD)),
                    VoiceJob.claimed_by == holder)
-            .values(status="completed", result=result, error=None, lease_until=None, finished_at=now,
+            .values(status=VoiceJobStatus.COMPLETED, result=result, error=None, lease_until=None, finished_at=now,
                     version=VoiceJob.version + 1, updated_at=now))
 
 
@@ -292,7 +292,7 @@ def record_results(session: Session, holder: str, results: list[tuple[str, dict[
     rows = session.execute(select(VoiceJob.id, VoiceJob.status, VoiceJob.claimed_by).where(VoiceJob.id.in_(ids)))
     found = {row.id: (row.status, row.claimed_by) for row in rows}
     return {task_id: found.get(task_id, ("missing", None))[0] for task_id in ids
-            if found.get(task_id) != ("completed", holder)}
+            if found.get(task_id) != (VoiceJobStatus.COMPLETED, holder)}
 
 
 def fail(session: Session, task_id: str, holder: str, reason: str, *, retryable: bool, max_attempts: int,
@@ -302,14 +302,14 @@ def fail(session: Session, task_id: str, holder: str, reason: str, *, retryable:
     task = _held(session, task_id, holder)
     reason = reason.strip()[:2000] or "no reason given"
     if retryable and task.attempts < max_attempts:
-        ok = _transition(session, task, HELD, holder, status="pending", claimed_by=None, lease_until=None,
+        ok = _transition(session, task, HELD, holder, status=VoiceJobStatus.PENDING, claimed_by=None, lease_until=None,
                          error=reason)
         if ok and task.target == "celery":
             _dispatch(session, task)
     else:
         if retryable:
             reason = f"{reason} (gave up after {task.attempts} attempts)"
-        ok = _transition(session, task, HELD, holder, status="failed", error=reason, lease_until=None,
+        ok = _transition(session, task, HELD, holder, status=VoiceJobStatus.FAILED, error=reason, lease_until=None,
                          finished_at=now)
     if not ok:
         raise NotHolder(session.get(VoiceJob, task_id, populate_existing=True) or task)
@@ -320,9 +320,9 @@ def fail_unclaimed(session: Session, task_id: str, reason: str, now: datetime | 
     """Fail a pending task that can never be scored (e.g. it has neither audio nor text)."""
     now = now or utcnow()
     task = session.get(VoiceJob, task_id, populate_existing=True)
-    if task is None or task.status != "pending":
+    if task is None or task.status != VoiceJobStatus.PENDING:
         return False
-    return _transition(session, task, ("pending",), None, status="failed", error=reason, finished_at=now)
+    return _transition(session, task, (VoiceJobStatus.PENDING,), None, status=VoiceJobStatus.FAILED, error=reason, finished_at=now)
 
 
 @dataclass
@@ -341,12 +341,12 @@ def sweep_expired(session: Session, max_attempts: int, now: datetime | None = No
     for task in session.scalars(stmt):
         holder = task.claimed_by
         if task.attempts >= max_attempts:
-            if not _transition(session, task, HELD, holder, status="failed", lease_until=None, finished_at=now,
+            if not _transition(session, task, HELD, holder, status=VoiceJobStatus.FAILED, lease_until=None, finished_at=now,
                                error=f"lease expired {task.attempts} times (last holder {holder}); giving up"):
                 continue
             result.failed += 1
         else:
-            if not _transition(session, task, HELD, holder, status="pending", claimed_by=None, lease_until=None,
+            if not _transition(session, task, HELD, holder, status=VoiceJobStatus.PENDING, claimed_by=None, lease_until=None,
                                error=f"lease of {holder} expired; returned to the queue"):
                 continue
             result.returned += 1
