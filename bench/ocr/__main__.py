@@ -8,7 +8,10 @@ one and two worker processes, and the parser's accuracy on the fixtures.
    bare CLI run one page after another with the same options
    (``tesseract PAGE OUT -l eng --psm 6 --oem 3 tsv``, ``OMP_THREAD_LIMIT=1``).
    Runs alternate, ``--repeat`` pairs; ratio per pair, median and spread.
-   Target: the task takes at most 10 % longer per page.
+   Target: the task (image preparation and second look included) takes at most
+   1.3× the bare CLI per page. The same comparison page by page on generated cards
+   (clean, degraded, PDF pages, so preparation and second look actually run) comes
+   from ``bench.ocr.pagepath``, with each step's cost (``--cards``).
 2. **Two worker processes.** The same, with the OCR worker at ``-c 2`` (and the bare CLI
    two at a time, for reference). Target: ≥ 1.7× the pages/s of one process.
 3. **Accuracy.** Every fixture of ``tests/ocr_fixtures.py`` through the task path, its
@@ -93,11 +96,12 @@ class Stack:
         self.relay = self._worker(["outbox"], "threads", 2, "bench-relay")
 
     def _worker(self, queues: list[str], pool: str, concurrency: int, name: str) -> subprocess.Popen[bytes]:
-        log = open(self.tmp / f"{name}.log", "wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "app", "worker", "-Q", ",".join(queues), "-P", pool,
-             "-c", str(concurrency), "-n", f"{name}@bench", "--loglevel", "WARNING", "--without-mingle",
-             "--without-gossip"], cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+        # The child keeps its own copy of the log's descriptor; ours is closed once it has started.
+        with open(self.tmp / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "app", "worker", "-Q", ",".join(queues), "-P", pool,
+                 "-c", str(concurrency), "-n", f"{name}@bench", "--loglevel", "WARNING", "--without-mingle",
+                 "--without-gossip"], cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         from app.celery_app import celery_app
 
@@ -168,6 +172,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--write-docs", action="store_true", help="update the tables in docs/ocr.md")
     parser.add_argument("--summary", help="write the headline figures as JSON here (python -m bench)")
+    parser.add_argument("--cards", type=int, default=1,
+                        help="generated cards per development family and condition for the page-path table "
+                             "(bench.ocr.pagepath); 0 skips it")
     args = parser.parse_args()
     if args.quick:
         args.pages, args.repeat = 4, 2
@@ -255,7 +262,7 @@ def main() -> None:
         f"| baseline: bare `tesseract` CLI, one at a time | {fmt_rate('cli1')} | {per_page['cli1'][0]:.0f} ms | |",
         f"| task path, 1 worker process (API → `ready`) | {fmt_rate('task1')} | {per_page['task1'][0]:.0f} ms | |",
         f"| task time ÷ bare CLI time, 1 process (paired) | **{o_m:.3f}×** | {o_lo:.3f}–{o_hi:.3f} | "
-        f"{per_page['task1'][0] - per_page['cli1'][0]:+.0f} ms overhead | ≤ 1.10× ({verdict(o_m <= 1.10)}) |",
+        f"{per_page['task1'][0] - per_page['cli1'][0]:+.0f} ms overhead | ≤ 1.3× ({verdict(o_m <= 1.3)}) |",
         f"| bare CLI, two at a time (reference) | {fmt_rate('cli2')} | {per_page['cli2'][0]:.0f} ms | |",
         f"| task path, 2 worker processes | {fmt_rate('task2')} | {per_page['task2'][0]:.0f} ms | |",
         f"| 2 processes ÷ 1 process, pages/s (paired) | **{s_m:.2f}×** | {s_lo:.2f}–{s_hi:.2f} | | "
@@ -276,6 +283,18 @@ def main() -> None:
             f"{result.right}/{result.cells} = **{100 * result.accuracy:.1f} %** | "
             f"{', '.join(missing) if missing else 'none'} | {inferred} | {warnings} |"
         )
+    if args.cards:
+        from bench.ocr import pagepath
+
+        page_tmp = Path(tempfile.mkdtemp(prefix="bench-ocr-pages-"))
+        try:
+            page_rows = pagepath.measure(pagepath.page_files(args.cards, args.cards, args.cards, page_tmp),
+                                         args.repeat, page_tmp)
+        finally:
+            shutil.rmtree(page_tmp, ignore_errors=True)
+        lines += ["", "The page path (preparation, Tesseract, second look: `ocr.ocr_page`) against the bare CLI on "
+                  "the same generated card page, paired, with what each step costs:", "",
+                  pagepath.table(page_rows, args.repeat)]
     table = "\n".join(lines)
     print(table)
     if args.write_docs:
@@ -283,7 +302,7 @@ def main() -> None:
     write_summary(args.summary, [
         Figure("OCR: task path per page, 1 worker process", f"{per_page['task1'][0]:.0f} ms/page",
                f"bare `tesseract` CLI: {per_page['cli1'][0]:.0f} ms/page", f"{o_m:.2f}× ({o_lo:.2f}–{o_hi:.2f})",
-               "≤ 1.10× bare", o_m <= 1.10, f"{n} pages × {args.repeat} paired runs"),
+               "≤ 1.3× bare", o_m <= 1.3, f"{n} pages × {args.repeat} paired runs"),
         Figure("OCR: 2 worker processes vs 1, pages/s", f"{s_m:.2f}× ({s_lo:.2f}–{s_hi:.2f})",
                f"bare CLI two at a time vs one: {cs_m:.2f}×", "", "≥ 1.7×", s_m >= 1.7,
                "needs 2 idle cores: the bare CLI reference shows what the machine allowed"),

@@ -70,7 +70,7 @@ def page_path(page: Path, tmp: Path) -> tuple[float, dict[str, float], list[str]
     work = tmp / "work"
     work.mkdir(exist_ok=True)
     started = time.perf_counter()
-    result = ocr.ocr_page(page, 1, ocr.OcrLimits(), workdir=work)
+    result = ocr.ocr_page(page, 1, ocr.OcrLimits(page_timeout=600.0), workdir=work)
     return time.perf_counter() - started, result.prep_seconds, result.prep_applied
 
 

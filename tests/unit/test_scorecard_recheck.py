@@ -100,7 +100,7 @@ def test_second_look_through_tesseract_reads_run_together_cells(tmp_path: Path) 
     page.save(path)
     result = ocr.ocr_page(path, 1, ocr.OcrLimits(), workdir=tmp_path)
     numbers = [[w.text for w in line][-4:] for line in result.lines]
-    assert ["3", "5.43"] == numbers[0][-2:] and ["0", "5.00"] == numbers[1][-2:]
+    assert numbers[0][-2:] == ["3", "5.43"] and numbers[1][-2:] == ["0", "5.00"]
     assert "second_look" in result.prep_seconds
     assert not list(tmp_path.glob("*crops*"))  # the crops and their TSV are removed
 
@@ -175,3 +175,12 @@ def test_aligned_matches_rereads_to_cells_by_position() -> None:
                                                        ("32", 420))]
     assert [w.text if w else None for w in aligned(old, new)] == ["60", "27", "5", None]
     assert [w.text for w in choose(old, new)] == ["60", "27", "5", "222.22"]
+
+
+def test_a_cell_with_marks_run_into_it_is_repaired_by_the_rate() -> None:
+    from app.services.scorecard import parse_text
+
+    text = "\n".join(["A v B", "A innings", "Batter R B 4s 6s SR", "L Patel b Okafor 26 8619 3 1 136.84",
+                      "I Singh not out 70 838 7 3 184.21", "Extras (b 0, lb 0, w 0, nb 0) 0", "Total (1 wkt, 8 ov) 96"])
+    rows = parse_text(text)["innings"][0]["batting"]
+    assert [(r["balls"], r["inferred"]) for r in rows] == [(19, ["balls"]), (38, ["balls"])]

@@ -26,6 +26,18 @@ from app.services.scorecard.parser import Innings
 Finding = tuple[str, bool | None, str, str | None, dict[str, Any]]
 
 
+def _misread(reading: Reading | None, printed: Any, derived: Any) -> bool:
+    """Whether a cell the row's rate contradicts may be replaced by the derived value: it
+    was repaired from OCR damage, or it holds the derived digits with others run into it
+    (``8619`` for 19 beside a mark OCR read as ``86``)."""
+    if reading is None or printed == derived:
+        return False
+    if reading.repaired:
+        return True
+    return isinstance(printed, int) and isinstance(derived, int) and len(str(printed)) > len(str(derived)) \
+        and str(derived) in str(printed)
+
+
 def _resolve_batting_row(innings: Innings, row: dict[str, Any]) -> None:
     """Strike rate = 100 × runs / balls: derive one missing or contradicted cell."""
     readings: dict[str, Reading] = row["_readings"]
@@ -53,7 +65,7 @@ def _resolve_batting_row(innings: Innings, row: dict[str, Any]) -> None:
             row["_inferred"].append(key)
             return
     for key, value in candidates:
-        if readings.get(key) is not None and readings[key].repaired and row[key] != value:
+        if _misread(readings.get(key), row[key], value):
             row[key] = value
             row["_inferred"].append(key)
             return
@@ -80,7 +92,7 @@ def _resolve_bowling_row(innings: Innings, row: dict[str, Any]) -> None:
             row["_inferred"].append(key)
             return
     for key, value in candidates:
-        if readings.get(key) is not None and readings[key].repaired and row[key] != value:
+        if _misread(readings.get(key), row[key], value):
             row[key] = value
             row["_inferred"].append(key)
             return
