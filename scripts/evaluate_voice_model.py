@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from voice_data import CACHE_DIR, ROOT
 from voice_eval_set import load_calls, synthesize_call
 

@@ -120,7 +120,7 @@ def tax_threat(r: random.Random) -> str:
 def gift_card(r: random.Random) -> str:
     who = _pick(r, "your grandson", "your nephew", "your granddaughter", "your son")
     return _join(r, [
-        _pick(r, f"Grandma, it's me, please don't be mad.", f"Hello, I'm a lawyer representing {who}.",
+        _pick(r, "Grandma, it's me, please don't be mad.", f"Hello, I'm a lawyer representing {who}.",
               f"This is {_name(r)}, your company director, I need a quick favor.",
               "Hi, this is the manager from the utility company."),
         _pick(r, f"{who.capitalize()} was in a car accident in {r.choice(CITIES)} and needs bail money.",
@@ -146,7 +146,7 @@ def tech_support(r: random.Random) -> str:
               f"I need you to install {r.choice(APPS)} and give me the access code.",
               f"Open your browser and install {r.choice(APPS)} now."),
         _pick(r, f"There is a one time fee of {r.choice(AMOUNTS)} for the protection plan.",
-              f"After that, log in to your online banking so I can issue a refund.",
+              "After that, log in to your online banking so I can issue a refund.",
               f"You will need to pay {r.choice(AMOUNTS)} with {r.choice(PAYMENT)}."),
         r.choice(URGENCY),
     ])

@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from voice_data import CACHE_DIR, LIMITS, ROOT, AsrCache, clip, load_corpus
 
 from app.dev.voice_clips import TRAIN_SPEEDS, TRAIN_VOICES, style_for
@@ -189,7 +188,7 @@ def main() -> None:
     diff = float(np.max(np.abs(loaded.predict(data["val"]["X"]) - model.predict_proba(data["val"]["X"])[:, 1])))
     assert diff < 1e-4, f"ONNX and scikit-learn disagree by {diff}"
     report = {"version": VERSION, "sha256": loaded.sha256, "encoder_sha256": encoder.sha256,
-              "rows": {s: int(len(d["y"])) for s, d in data.items()}, "transcripts": {s: len(r) for s, r in parts.items()},
+              "rows": {s: len(d["y"]) for s, d in data.items()}, "transcripts": {s: len(r) for s, r in parts.items()},
               "cv_roc_auc_heldout_kinds": round(float(search.best_score_), 4),
               "cv_roc_auc_by_C": {str(c): round(float(v), 4) for c, v in
                                   zip(C_GRID, search.cv_results_["mean_test_score"])}, "C": search.best_params_["clf__C"],

@@ -14,8 +14,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from app.dev.voice_clips import ClipStyle, synthesize_wav  # noqa: E402
-from app.services.voice.model import load_asr  # noqa: E402
 from app.services.voice.features import AudioLimits, decode_audio  # noqa: E402
+from app.services.voice.model import load_asr  # noqa: E402
 
 CORPUS = ROOT / "data" / "voice" / "transcripts.jsonl"
 CACHE_DIR = ROOT / "var" / "voice-model"

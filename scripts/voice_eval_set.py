@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
 from voice_data import ROOT
 
 CALLS = ROOT / "data" / "voice" / "eval" / "calls.txt"

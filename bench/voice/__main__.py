@@ -110,7 +110,6 @@ def queue_rate(clips: list[tuple[bytes, str]], n: int, with_asr: bool, round_no:
 
 def start_worker(log: Path) -> subprocess.Popen[bytes]:
     from app.celery_app import celery_app
-
     from bench.common import deploy_env
 
     node = f"bench-voice-{os.getpid()}@bench"
@@ -179,8 +178,17 @@ def main() -> None:
 
     from app.devserver import start_private_redis
     from app.settings import get_settings
-    from bench.common import (Figure, deploy_env, machine, median_spread, replace_section, scratch_database, stop, today,
-                              write_summary)
+    from bench.common import (
+        Figure,
+        deploy_env,
+        machine,
+        median_spread,
+        replace_section,
+        scratch_database,
+        stop,
+        today,
+        write_summary,
+    )
 
     redis_proc, redis_url = start_private_redis()
     tmp = Path(tempfile.mkdtemp(prefix="bench-voice-"))

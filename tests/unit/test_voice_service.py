@@ -15,15 +15,6 @@ import pytest
 import soundfile as sf
 
 from app.dev.voice_clips import ClipStyle, synthesize_wav, tools_available
-from app.services.voice.model import (
-    ModelError,
-    ScoringDeps,
-    Thresholds,
-    load_asr,
-    load_model,
-    risk_level,
-    score_clip,
-)
 from app.services.voice.encoder import EMBED_DIM, windows
 from app.services.voice.features import (
     FEATURE_NAMES,
@@ -33,6 +24,15 @@ from app.services.voice.features import (
     acoustic_features,
     decode_audio,
     text_features,
+)
+from app.services.voice.model import (
+    ModelError,
+    ScoringDeps,
+    Thresholds,
+    load_asr,
+    load_model,
+    risk_level,
+    score_clip,
 )
 from app.settings import get_settings
 from tests.conftest import need

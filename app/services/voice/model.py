@@ -46,8 +46,19 @@ RISK_LEVELS = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 _CUE_REASONS = {cue.name: cue.reason for cue in CUES}
 
 __all__ = [
-    "AudioError", "AudioLimits", "ModelError", "Thresholds", "VoiceModel", "WhisperAsr", "ScoringDeps",
-    "RISK_LEVELS", "load_model", "load_asr", "deps_from_settings", "score_clip", "risk_level",
+    "RISK_LEVELS",
+    "AudioError",
+    "AudioLimits",
+    "ModelError",
+    "ScoringDeps",
+    "Thresholds",
+    "VoiceModel",
+    "WhisperAsr",
+    "deps_from_settings",
+    "load_asr",
+    "load_model",
+    "risk_level",
+    "score_clip",
 ]
 
 
