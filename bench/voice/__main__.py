@@ -238,7 +238,7 @@ def main() -> None:
     r2, m2 = ratio_row("queue ÷ bare, from audio (paired)", "queue_asr", "bare_asr")
     table = "\n".join([
         f"Measured {today()} by `python -m bench.voice{' --quick' if args.quick else ''}` on {machine()}; "
-        f"clips of 8–20 s synthesized from the held-out corpus; speech recognition with {ASR_THREADS} thread(s) per process in both "
+        f"clips of 8–20 s synthesized from the corpus's validation split; speech recognition with {ASR_THREADS} thread(s) per process in both "
         f"paths; the worker as deployed: prefetch multiplier {deploy_env('voice')['WORKER_PREFETCH_MULTIPLIER']}, "
         f"batches of up to {get_settings().voice_batch_max} clips (`VOICE_BATCH_MAX`); {args.repeat} paired runs.",
         "",
