@@ -26,12 +26,14 @@ from app.models.jobs import JobRun
 from app.models.schedules import (
     CALL_TERMINAL,
     CallRequest,
+    CallStatus,
     Campaign,
     CampaignRecipient,
     CampaignStatus,
     Lead,
     RecipientStatus,
     Tenant,
+    TenantStatus,
 )
 from app.services import jobs
 from app.services.jobs import Scope
@@ -255,12 +257,12 @@ def create_campaign(session: Session, *, tenant_id: int, channel: str, subject: 
     for raw in recipients:
         try:
             address = check_email(raw) if channel == "email" else check_phone(raw)
-            status, detail = "pending", None
+            status, detail = RecipientStatus.PENDING, None
         except ScheduleInputError as exc:
-            address, status, detail = raw.strip()[:320], "skipped", str(exc)
+            address, status, detail = raw.strip()[:320], RecipientStatus.SKIPPED, str(exc)
         key = address.lower() if channel == "email" else address
         if key not in seen:
-            seen[key] = (address, detail) if status == "skipped" else (address, None)
+            seen[key] = (address, detail) if status == RecipientStatus.SKIPPED else (address, None)
     if all(detail is not None for _, detail in seen.values()):
         raise ScheduleInputError("no recipient is a valid address: " + "; ".join(d or "" for _, d in seen.values()),
                                  ["recipients"])
@@ -270,7 +272,7 @@ def create_campaign(session: Session, *, tenant_id: int, channel: str, subject: 
     session.flush()
     for address, detail in seen.values():
         session.add(CampaignRecipient(campaign_id=campaign.id, address=address,
-                                      status="skipped" if detail else "pending", detail=detail))
+                                      status=RecipientStatus.SKIPPED if detail else RecipientStatus.PENDING, detail=detail))
     campaign.skipped = sum(1 for _, d in seen.values() if d)
     session.flush()
     return campaign
@@ -293,7 +295,7 @@ def start_due_campaigns(session: Session, now: datetime, batch_size: int, batch_
     caller enqueues them after this transaction commits.
     """
     due = session.scalars(
-        select(Campaign).where(Campaign.status == "scheduled", Campaign.scheduled_at <= now)
+        select(Campaign).where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.scheduled_at <= now)
         .order_by(Campaign.id).with_for_update(skip_locked=True)
     ).all()
     plans: list[BatchPlan] = []
@@ -303,7 +305,7 @@ def start_due_campaigns(session: Session, now: datetime, batch_size: int, batch_
         # one per batch.
         ranked = select(CampaignRecipient.id.label("rid"),
                         (func.row_number().over(order_by=CampaignRecipient.id) - 1).label("pos")).where(
-            CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.status == "pending",
+            CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.status == RecipientStatus.PENDING,
         ).subquery()
         pending = rows_changed(session, update(CampaignRecipient).where(CampaignRecipient.id == ranked.c.rid)
                                   .values(batch=ranked.c.pos // batch_size),
@@ -311,7 +313,7 @@ def start_due_campaigns(session: Session, now: datetime, batch_size: int, batch_
         batches = (pending + batch_size - 1) // batch_size
         for b in range(batches):
             plans.append(BatchPlan(campaign.id, b, b * batch_delay))
-        campaign.status = "sending"
+        campaign.status = CampaignStatus.SENDING
         campaign.started_at = now
         campaign.batches = batches
         logger.info("campaign started", extra={"campaign_id": campaign.id, "batches": batches})
@@ -337,8 +339,8 @@ class BatchResult:
 def _claim_recipient(session: Session, recipient_id: int) -> bool:
     return rows_changed(
         session,
-        update(CampaignRecipient).where(CampaignRecipient.id == recipient_id, CampaignRecipient.status == "pending")
-        .values(status="sending")
+        update(CampaignRecipient).where(CampaignRecipient.id == recipient_id, CampaignRecipient.status == RecipientStatus.PENDING)
+        .values(status=RecipientStatus.SENDING)
     ) == 1
 
 
@@ -466,16 +468,16 @@ def refresh_campaign(session: Session, campaign: Campaign, now: datetime) -> Non
     """Recount the campaign's recipients; finish it when none is left to send."""
     counts = dict(session.execute(select(CampaignRecipient.status, func.count()).where(
         CampaignRecipient.campaign_id == campaign.id).group_by(CampaignRecipient.status)).all())
-    campaign.sent = counts.get("sent", 0)
-    campaign.failed = counts.get("failed", 0)
-    campaign.skipped = counts.get("skipped", 0)
-    if campaign.status == "sending" and not counts.get("pending") and not counts.get("sending"):
+    campaign.sent = counts.get(RecipientStatus.SENT, 0)
+    campaign.failed = counts.get(RecipientStatus.FAILED, 0)
+    campaign.skipped = counts.get(RecipientStatus.SKIPPED, 0)
+    if campaign.status == CampaignStatus.SENDING and not counts.get(RecipientStatus.PENDING) and not counts.get(RecipientStatus.SENDING):
         _finish_campaign(session, campaign, now)
 
 
 def _finish_campaign(session: Session, campaign: Campaign, now: datetime) -> None:
-    campaign.status = "sent" if campaign.sent > 0 else "failed"
-    if campaign.status == "failed":
+    campaign.status = CampaignStatus.SENT if campaign.sent > 0 else CampaignStatus.FAILED
+    if campaign.status == CampaignStatus.FAILED:
         campaign.last_error = "no recipient could be sent"
     campaign.finished_at = now
     logger.info("campaign finished", extra={"campaign_id": campaign.id, "status": campaign.status,
@@ -491,8 +493,8 @@ def stalled_batches(session: Session, now: datetime, grace: timedelta) -> list[B
     rows = session.execute(
         select(CampaignRecipient.campaign_id, CampaignRecipient.batch).join(
             Campaign, Campaign.id == CampaignRecipient.campaign_id)
-        .where(Campaign.status == "sending", Campaign.started_at < now - grace,
-               CampaignRecipient.status == "pending")
+        .where(Campaign.status == CampaignStatus.SENDING, Campaign.started_at < now - grace,
+               CampaignRecipient.status == RecipientStatus.PENDING)
         .group_by(CampaignRecipient.campaign_id, CampaignRecipient.batch)
     ).all()
     return [BatchPlan(cid, b, 0.0) for cid, b in rows if b is not None]
@@ -572,19 +574,19 @@ def plan_calls(session: Session, now: datetime | None = None, max_age: timedelta
     plan = CallPlan()
     plan.expired = rows_changed(
         session,
-        update(CallRequest).where(CallRequest.status == "queued", CallRequest.scheduled_for < now - max_age)
-        .values(status="expired", finished_at=now,
+        update(CallRequest).where(CallRequest.status == CallStatus.QUEUED, CallRequest.scheduled_for < now - max_age)
+        .values(status=CallStatus.EXPIRED, finished_at=now,
                 last_error=f"not dialled within {max_age.total_seconds() / 3600:g} h of its scheduled time")
     )
     rows = session.execute(
         select(CallRequest.id, Tenant.id, Tenant.timezone, Tenant.business_hours, Tenant.status)
         .join(Tenant, Tenant.id == CallRequest.tenant_id)
-        .where(CallRequest.status == "queued", CallRequest.scheduled_for <= now)
+        .where(CallRequest.status == CallStatus.QUEUED, CallRequest.scheduled_for <= now)
         .order_by(CallRequest.scheduled_for).limit(limit)
     ).all()
     cache: dict[int, tuple[ZoneInfo, Hours] | str] = {}
     for call_id, tenant_id, tz, raw_hours, status in rows:
-        if status != "active":
+        if status != TenantStatus.ACTIVE:
             plan.waiting += 1
             continue
         if tenant_id not in cache:
@@ -615,35 +617,35 @@ def dial_call(scope: Scope, call_id: int, dial: Callable[[str, str, int, int], s
 
     with scope() as session:
         claimed = rows_changed(session, update(CallRequest).where(
-            CallRequest.id == call_id, CallRequest.status == "queued").values(
-            status="dialing", attempts=CallRequest.attempts + 1)) == 1
+            CallRequest.id == call_id, CallRequest.status == CallStatus.QUEUED).values(
+            status=CallStatus.DIALING, attempts=CallRequest.attempts + 1)) == 1
         call = session.get(CallRequest, call_id)
-        if call is None or (not claimed and call.status != "dialing"):
+        if call is None or (not claimed and call.status != CallStatus.DIALING):
             return "noop"
         lead = session.get(Lead, call.lead_id)
         phone, attempt, tenant_id = (lead.phone if lead else None), call.attempts, call.tenant_id
     if not phone:
         with scope() as session:
             session.execute(update(CallRequest).where(CallRequest.id == call_id).values(
-                status="failed", finished_at=now(), last_error="the lead has no phone number"))
+                status=CallStatus.FAILED, finished_at=now(), last_error="the lead has no phone number"))
         return "failed"
     try:
         provider_id = dial(phone, f"call-{call_id}-{attempt}", call_id, tenant_id)
     except TelephonyTransient as exc:
         final = attempt >= max_attempts
         with scope() as session:
-            session.execute(update(CallRequest).where(CallRequest.id == call_id, CallRequest.status == "dialing")
-                            .values(status="failed" if final else "queued", last_error=str(exc)[:2000],
+            session.execute(update(CallRequest).where(CallRequest.id == call_id, CallRequest.status == CallStatus.DIALING)
+                            .values(status=CallStatus.FAILED if final else CallStatus.QUEUED, last_error=str(exc)[:2000],
                                     finished_at=now() if final else None))
         return "failed" if final else "queued"
     except TelephonyRejected as exc:
         with scope() as session:
-            session.execute(update(CallRequest).where(CallRequest.id == call_id, CallRequest.status == "dialing")
-                            .values(status="failed", last_error=str(exc)[:2000], finished_at=now()))
+            session.execute(update(CallRequest).where(CallRequest.id == call_id, CallRequest.status == CallStatus.DIALING)
+                            .values(status=CallStatus.FAILED, last_error=str(exc)[:2000], finished_at=now()))
         return "failed"
     with scope() as session:
-        session.execute(update(CallRequest).where(CallRequest.id == call_id, CallRequest.status == "dialing")
-                        .values(status="done", provider_call_id=provider_id, finished_at=now(), last_error=None))
+        session.execute(update(CallRequest).where(CallRequest.id == call_id, CallRequest.status == CallStatus.DIALING)
+                        .values(status=CallStatus.DONE, provider_call_id=provider_id, finished_at=now(), last_error=None))
     return "done"
 
 
@@ -675,11 +677,11 @@ def expire_trials(session: Session, now: datetime, limit: int = 1000) -> list[in
     twice nor write two events for it.
     """
     tenants = session.scalars(select(Tenant).where(
-        Tenant.status == "active", Tenant.plan == "trial", Tenant.trial_ends_at.is_not(None),
+        Tenant.status == TenantStatus.ACTIVE, Tenant.plan == "trial", Tenant.trial_ends_at.is_not(None),
         Tenant.trial_ends_at <= now,
     ).order_by(Tenant.id).limit(limit).with_for_update(skip_locked=True)).all()
     for tenant in tenants:
-        tenant.status = "suspended"
+        tenant.status = TenantStatus.SUSPENDED
         tenant.suspended_at = now
         add_event(session, aggregate_type="tenant", aggregate_id=str(tenant.id), event_type="tenant.suspended",
                   task_name=TENANT_SUSPENDED_TASK,
@@ -691,14 +693,14 @@ def expire_trials(session: Session, now: datetime, limit: int = 1000) -> list[in
 def hold_suspended_tenant_work(session: Session, tenant_id: int, now: datetime) -> dict[str, int]:
     """A suspended tenant's queued calls expire and its scheduled campaigns fail, with the reason."""
     tenant = session.get(Tenant, tenant_id)
-    if tenant is None or tenant.status != "suspended":
+    if tenant is None or tenant.status != TenantStatus.SUSPENDED:
         return {"calls": 0, "campaigns": 0}
     calls = rows_changed(session, update(CallRequest).where(
-        CallRequest.tenant_id == tenant_id, CallRequest.status == "queued",
-    ).values(status="expired", finished_at=now, last_error="tenant suspended"))
+        CallRequest.tenant_id == tenant_id, CallRequest.status == CallStatus.QUEUED,
+    ).values(status=CallStatus.EXPIRED, finished_at=now, last_error="tenant suspended"))
     campaigns = rows_changed(session, update(Campaign).where(
-        Campaign.tenant_id == tenant_id, Campaign.status == "scheduled",
-    ).values(status="failed", finished_at=now, last_error="tenant suspended"))
+        Campaign.tenant_id == tenant_id, Campaign.status == CampaignStatus.SCHEDULED,
+    ).values(status=CampaignStatus.FAILED, finished_at=now, last_error="tenant suspended"))
     return {"calls": calls, "campaigns": campaigns}
 
 
