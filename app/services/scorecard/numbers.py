@@ -54,7 +54,7 @@ _STRAY = "()[]{}'\"`´‘’“”,;:*~_^-–—.=«»#"
 #: Marks a ruled or shaded row leaves between cells (``=``, ``~``, ``«``): not a cell.
 _DEBRIS = set("=~_«»—–^")
 #: Letters a bracketed zero is read as (``(e)``, ``ce)``, ``fe)``).
-_ROUND = set("ceCfo0")
+_ROUND = set("aceCfo0")
 _INT_RE = re.compile(r"^\d{1,4}$")
 _DEC_RE = re.compile(r"^\d{1,4}(?:\.\d{1,3})?$")
 _OVERS_RE = re.compile(r"^\d{1,3}(?:\.\d)?$")
@@ -90,8 +90,8 @@ def _clean_numeric(raw: str) -> tuple[str, bool]:
     if 0 < len(mapped) <= 2 and set(mapped) <= _ROUND and set(text) & set("()"):
         # ... or as "(e)", "c)", "ce)", "fe)": round letters in brackets.
         return "0", True
-    if text == "6)":
-        # ... or, in italic faces, as "6)": the slanted oval split in two glyphs.
+    if text in ("6)", "(6)", "(6"):
+        # ... or, in italic faces, as "6)" or "(6)": the slanted oval split in two glyphs.
         return "0", True
     return mapped, changed
 

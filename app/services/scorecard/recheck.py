@@ -75,7 +75,8 @@ def _merged(word: Word) -> bool:
         return False
     digits = str(reading.value)
     text = word.text.strip("*").strip()
-    return int(reading.value) >= 1000 or (len(text) > 1 and len(digits) < len(text.strip("()'.,")))  # type: ignore[arg-type]
+    value = int(reading.value)  # type: ignore[arg-type]
+    return value >= 1000 or (value > 0 and len(text) > 1 and len(digits) < len(text.strip("()'.,")))
 
 
 def _suspect(numbers: Sequence[Word]) -> bool:
@@ -87,34 +88,48 @@ def _suspect(numbers: Sequence[Word]) -> bool:
     return rate_fits([w.text for w in numbers]) is False
 
 
-def _values(texts: Sequence[str]) -> tuple[list[float], list[int], list[int]]:
-    """Rates (two decimals), whole numbers, and overs in balls, among a row's numbers."""
-    rates, ints, balls = [], [], []
-    for text in texts:
+def _values(texts: Sequence[str]) -> tuple[list[float], list[tuple[str, int]], list[tuple[int, int]]]:
+    """Rates (two decimals); every cell as ("rate" | "int" | "other", value); overs in balls
+    with their positions."""
+    rates: list[float] = []
+    cells: list[tuple[str, int]] = []
+    balls: list[tuple[int, int]] = []
+    for i, text in enumerate(texts):
         core = text.rstrip("*")
         dec = read_decimal(core)
         if dec.ok and "." in core and len(core.partition(".")[2]) == 2:
             rates.append(float(dec.value))  # type: ignore[arg-type]
+            cells.append(("rate", 0))
             continue
         whole = read_int(core)
-        if whole.ok:
-            ints.append(int(whole.value))  # type: ignore[arg-type]
+        cells.append(("int", int(whole.value)) if whole.ok else ("other", 0))  # type: ignore[arg-type]
         overs = read_overs(core)
         if overs.ok and (b := overs_to_balls(str(overs.value))):
-            balls.append(b)
-    return rates, ints, balls
+            balls.append((i, b))
+    return rates, cells, balls
+
+
+def rate_cells(texts: Sequence[str]) -> set[int] | None:
+    """The positions of the row's rate and of the pair of numbers it fits (runs ÷ balls,
+    runs ÷ overs); an empty set when it fits none; None when no rate is printed."""
+    rates, ints, balls = _values(texts)
+    if len(rates) != 1:
+        return None
+    rate, (rate_at,) = rates[0], [i for i, (kind, _v) in enumerate(ints) if kind == "rate"] or [-1]
+    numbers = [(i, v) for i, (kind, v) in enumerate(ints) if kind == "int"]
+    for (i, a), (j, b) in itertools.permutations(numbers, 2):
+        if b and printed_matches(rate, 100 * a / b):
+            return {rate_at, i, j}
+    for (i, runs), (j, b) in itertools.product(numbers, balls):
+        if i != j and printed_matches(rate, runs * 6 / b):
+            return {rate_at, i, j}
+    return set()
 
 
 def rate_fits(texts: Sequence[str]) -> bool | None:
     """Whether the row's rate fits some pair of its numbers (None: no rate printed)."""
-    rates, ints, balls = _values(texts)
-    if len(rates) != 1:
-        return None
-    rate = rates[0]
-    for a, b in itertools.permutations(ints, 2):
-        if b and printed_matches(rate, 100 * a / b):
-            return True
-    return any(printed_matches(rate, runs * 6 / b) for runs in ints for b in balls)
+    cells = rate_cells(texts)
+    return None if cells is None else bool(cells)
 
 
 def _words(line: Line) -> list[Word]:
@@ -198,12 +213,25 @@ def choose(old: list[Word], new: list[Word]) -> list[Word]:
         return old
     old_fits, new_fits = rate_fits([w.text for w in old]), rate_fits([w.text for w in new])
     if new_fits and not old_fits and all(_clean(w) for w in new):
-        return _same_boxes(old, new) if len(new) == len(old) else new
+        if len(new) != len(old):
+            return new
+        # The cells the rate vouches for; the others only where the first reading was damaged.
+        vouched = rate_cells([w.text for w in new]) or set()
+        return [Word(n.text, o.left, o.top, o.width, o.height, n.conf) if i in vouched or _replaces(o, n) else o
+                for i, (o, n) in enumerate(zip(old, new, strict=True))]
     if len(new) > len(old) and any(_merged(w) for w in old) and all(_clean(w) and not _merged(w) for w in new) \
             and new_fits is not False:
         return new
+    pairs = list(zip(old, aligned(old, new), strict=True))
     out = [Word(n.text, o.left, o.top, o.width, o.height, n.conf) if n is not None and _replaces(o, n) else o
-           for o, n in zip(old, aligned(old, new), strict=True)]
+           for o, n in pairs]
+    if rate_fits([w.text for w in out]) is False:
+        # One re-read cell that makes the rate fit (``2`` read again as ``7.2`` overs).
+        for i, (o, n) in enumerate(pairs):
+            trial = out[:i] + [Word(n.text, o.left, o.top, o.width, o.height, n.conf)] + out[i + 1:] \
+                if n is not None and _clean(n) else out
+            if rate_fits([w.text for w in trial]):
+                return trial
     return out if rate_fits([w.text for w in out]) is not False or old_fits is False else old
 
 
