@@ -184,6 +184,8 @@ def main() -> None:
             "encoder": "encoder", "encoder_sha256": encoder.sha256, "calibration": f"platt a={a:.5f} b={b:.5f}",
             "trained_on": f"{len(parts['train'])} transcripts, {len(data['train']['y'])} rows"}
     export(model, args.out, meta)
+    if not (args.out.parent / "encoder").exists():  # the model finds its encoder beside it
+        (args.out.parent / "encoder").symlink_to(Path(encoder.path).resolve(), target_is_directory=True)
     loaded = load_model(args.out)
     diff = float(np.max(np.abs(loaded.predict(data["val"]["X"]) - model.predict_proba(data["val"]["X"])[:, 1])))
     assert diff < 1e-4, f"ONNX and scikit-learn disagree by {diff}"
