@@ -193,7 +193,9 @@ def deskew(img: Any, small: Any) -> Any | None:
     if abs(angle) < MIN_SKEW:
         return None
     h, w = img.shape
-    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    # skew_angle is the angle that levels the lines in image coordinates (y down); OpenCV turns
+    # counter-clockwise for a positive angle, so the page is turned by its negative.
+    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), -angle, 1.0)
     return cv2.warpAffine(img, matrix, (w, h), flags=cv2.INTER_LINEAR, borderValue=255)
 
 

@@ -184,3 +184,22 @@ def test_a_cell_with_marks_run_into_it_is_repaired_by_the_rate() -> None:
                       "I Singh not out 70 838 7 3 184.21", "Extras (b 0, lb 0, w 0, nb 0) 0", "Total (1 wkt, 8 ov) 96"])
     rows = parse_text(text)["innings"][0]["batting"]
     assert [(r["balls"], r["inferred"]) for r in rows] == [(19, ["balls"]), (38, ["balls"])]
+
+
+def test_deskew_levels_a_rotated_page(tmp_path: Path) -> None:
+    """The page is turned back by the angle found, not further the same way."""
+    import numpy as np
+    from PIL import Image
+
+    from app.services.ocr_image import _small, deskew, skew_angle
+    from bench.ocr.cards import CardSpec, make_card
+
+    name, data, _, _ = make_card(CardSpec("dev-classic", 2, "clean"))
+    (tmp_path / name).write_bytes(data)
+    page = Image.open(tmp_path / name).convert("L")
+    for turn in (1.5, -1.5):
+        rotated = np.asarray(page.rotate(turn, fillcolor=255, expand=True))
+        before = skew_angle(_small(rotated)[0])
+        levelled = deskew(rotated, _small(rotated)[0])
+        assert levelled is not None and abs(before) >= 1.25
+        assert abs(skew_angle(_small(levelled)[0])) <= 0.25
