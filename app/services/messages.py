@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -300,7 +300,7 @@ class RouteDeps:
     """What the router needs, handed in by the task."""
 
     scope: Callable[[], AbstractContextManager[Session]]
-    channels: dict[str, Channel]
+    channels: Mapping[str, Channel]
     dedup: DedupStore | None
     notify: Callable[[str, str, str | None], None]
     backoff: Callable[[int], float]

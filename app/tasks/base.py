@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import requests
 from celery import Task, signals
 from celery.exceptions import Ignore, Reject
 
@@ -212,3 +213,10 @@ def periodic(job: str, *, ttl: float | Callable[[], float] = 60.0) -> Callable[[
         return run
 
     return decorate
+
+
+@functools.cache
+def http_session() -> requests.Session:
+    """The worker process's HTTP connection pool, for the providers tasks call (chat
+    channels, telephony)."""
+    return requests.Session()

@@ -14,8 +14,6 @@ import json
 import logging
 from typing import Any
 
-import requests
-
 from app.celery_app import celery_app
 from app.db import session_scope
 from app.locks import redis_client
@@ -23,20 +21,9 @@ from app.metrics import MESSAGES_ROUTED
 from app.services.channels import make_channels
 from app.services.messages import STATUS_CHANNEL, RouteDeps, route_message
 from app.settings import get_settings
-from app.tasks.base import DB_UNAVAILABLE, RetryPolicy
+from app.tasks.base import DB_UNAVAILABLE, RetryPolicy, http_session
 
 logger = logging.getLogger(__name__)
-
-_http: requests.Session | None = None
-
-
-
-def _session() -> requests.Session:
-    # One connection pool per worker process.
-    global _http
-    if _http is None:
-        _http = requests.Session()
-    return _http
 
 
 def _notify(message_id: str, status: str, detail: str | None) -> None:
@@ -69,7 +56,7 @@ def route(self, message_id: str, db_retries: int = 0, replay: int | None = None)
     settings = get_settings()
     deps = RouteDeps(
         scope=session_scope,
-        channels=make_channels(settings, _session()),  # type: ignore[arg-type]
+        channels=make_channels(settings, http_session()),
         dedup=redis_client(),
         notify=_notify,
         backoff=_backoff,

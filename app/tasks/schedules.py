@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-import requests
 from celery.canvas import Signature
 
 from app.celery_app import celery_app
@@ -27,19 +26,9 @@ from app.services.email import SmtpSender, TransientEmailError
 from app.services.jobs import RunHandle, parse_now
 from app.services.telephony import TelephonyClient
 from app.settings import get_settings
-from app.tasks.base import RetryPolicy, periodic
+from app.tasks.base import RetryPolicy, http_session, periodic
 
 logger = logging.getLogger(__name__)
-
-_http: requests.Session | None = None
-
-
-def _session() -> requests.Session:
-    # One connection pool per worker process.
-    global _http
-    if _http is None:
-        _http = requests.Session()
-    return _http
 
 
 #: Retries of a campaign batch whose mail server failed in a way that may pass.
@@ -143,7 +132,7 @@ def schedule_calls(run: RunHandle, at: datetime) -> None:
 def dial(call_id: int) -> str:
     """Dial one call through the telephony adapter (idempotent per attempt)."""
     settings = get_settings()
-    client = TelephonyClient.from_settings(settings, _session())
+    client = TelephonyClient.from_settings(settings, http_session())
     result = svc.dial_call(session_scope, call_id, client.dial, settings.call_max_attempts)
     SCHEDULE_ITEMS.labels(job=jobs.CALLS, result=result).inc()
     return result
