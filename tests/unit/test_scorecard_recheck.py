@@ -126,7 +126,8 @@ def test_rule_marks_stuttered_capitals_and_bracketed_zeros() -> None:
 
     assert is_debris("=") and is_debris("~=—") and not is_debris("-") and not is_debris("12")
     assert read_int("«13").value == 13 and read_int("«#15").value == 15
-    assert [read_int(t).value for t in ("ce)", "fe)", "(e)", "c)")] == [0, 0, 0, 0]
+    assert [read_int(t).value for t in ("ce)", "fe)", "(e)", "c)", "it)", "tt)", "(6)", "a)")] == [0] * 8
+    assert [read_int(t).value for t in ("l)", "I)", "S)", "12)")] == [1, 1, 5, 12]
     assert read_int("e").value is None  # a letter without brackets is not a zero
     assert clean_name(["WwW", "Hussain"]) == "W Hussain"
     assert clean_name(["AB", "Wilson"]) == "AB Wilson" and clean_name(["WW", "Smith"]) == "WW Smith"

@@ -53,8 +53,8 @@ DIGIT_CONFUSIONS = {
 _STRAY = "()[]{}'\"`´‘’“”,;:*~_^-–—.=«»#"
 #: Marks a ruled or shaded row leaves between cells (``=``, ``~``, ``«``): not a cell.
 _DEBRIS = set("=~_«»—–^")
-#: Letters a bracketed zero is read as (``(e)``, ``ce)``, ``fe)``).
-_ROUND = set("aceCfo0")
+#: Letters that stand for a one, even with a bracket after them.
+_ONE_LIKE = set("lIi|!]")
 _INT_RE = re.compile(r"^\d{1,4}$")
 _DEC_RE = re.compile(r"^\d{1,4}(?:\.\d{1,3})?$")
 _OVERS_RE = re.compile(r"^\d{1,3}(?:\.\d)?$")
@@ -87,8 +87,11 @@ def _clean_numeric(raw: str) -> tuple[str, bool]:
     if not mapped and text and set(text) <= set("()[]{}"):
         # A lone narrow zero comes out of Tesseract as ")" or "()".
         return "0", True
-    if 0 < len(mapped) <= 2 and set(mapped) <= _ROUND and set(text) & set("()"):
-        # ... or as "(e)", "c)", "ce)", "fe)": round letters in brackets.
+    letters = core2.strip("()")
+    if set(text) & set("()") and 0 < len(letters) <= 2 and letters.isalpha() and not set(letters) <= _ONE_LIKE \
+            and (any(ch.islower() for ch in letters) or set(letters) <= set("OCQD")):
+        # ... or as "(e)", "c)", "ce)", "it)", "tt)": small letters with a bracket (a bold or
+        # italic oval split in two glyphs); "l)" and "I)" stay ones, "S)" a five.
         return "0", True
     if text in ("6)", "(6)", "(6"):
         # ... or, in italic faces, as "6)" or "(6)": the slanted oval split in two glyphs.
