@@ -23,7 +23,7 @@ class TaskContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         from celery import current_task
 
-        task = current_task._get_current_object() if current_task else None  # type: ignore[attr-defined]
+        task = current_task._get_current_object() if current_task else None
         if task is not None and getattr(task, "request", None) is not None and task.request.id:
             record.task_id = task.request.id
             record.task_name = task.name
