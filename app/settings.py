@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     s3_bucket: str = Field("app", description="Bucket of the S3 backend.")
     s3_endpoint_url: str = Field("", description="S3 endpoint (MinIO, moto). Empty: AWS.")
     s3_region: str = Field("us-east-1", description="S3 region.")
-    s3_access_key_id: str = Field("", description="S3 access key id. Empty: boto3's default chain.")
+    s3_access_key_id: str = Field("", description="S3 access key id. Empty: the AWS SDK's default credential chain (environment, profile, instance role).")
     s3_secret_access_key: SecretStr = Field(SecretStr(""), description="S3 secret access key.")
     s3_timeout: float = Field(10.0, gt=0, description="Connect and read timeout of every S3 call, seconds.")
     presign_expiry_seconds: int = Field(3600, ge=1, le=604800, description="Lifetime of download URLs.")
