@@ -482,10 +482,26 @@ def image_pages(path: Path, content_type: str, tmp: Path,
     frames of a multi-page TIFF/WebP, images with transparency, 16-bit images and
     photos with an EXIF rotation are written out as PNG pages first.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    with _open_image(path, content_type, limits) as image:
+        if PILLOW_FORMATS.get(image.format or "") != content_type:
+            raise UploadRejected(f"the content is not a valid {SUPPORTED_TYPES[content_type]} image")
+        # The extra frames of a camera's multi-picture JPEG are previews, not pages.
+        frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
+        if frames > limits.max_pdf_pages:
+            raise UploadRejected(f"the image has {frames} pages, over the limit of {limits.max_pdf_pages}")
+        rewrites = [_frame_needs_rewrite(image, index, limits) for index in range(frames)]
+    if frames == 1 and not rewrites[0]:
+        return 1, lambda _n: path
+    return frames, lambda number: _png_page(path, tmp, number)
+
+
+def _open_image(path: Path, content_type: str, limits: OcrLimits) -> Any:
+    """The image, opened lazily; refused when its header already says too many pixels or
+    it is not an image at all."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        image = Image.open(path)
+        return Image.open(path)
     except Image.DecompressionBombError as exc:
         m = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
@@ -495,50 +511,45 @@ def image_pages(path: Path, content_type: str, tmp: Path,
     except UnidentifiedImageError:
         raise UploadRejected(f"the file looks like {SUPPORTED_TYPES.get(content_type, content_type)} "
                              "but cannot be read as an image (corrupt header)") from None
-    with image:
-        if PILLOW_FORMATS.get(image.format or "") != content_type:
-            raise UploadRejected(f"the content is not a valid {SUPPORTED_TYPES[content_type]} image")
-        # The extra frames of a camera's multi-picture JPEG are previews, not pages.
-        frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
-        if frames > limits.max_pdf_pages:
-            raise UploadRejected(f"the image has {frames} pages, over the limit of {limits.max_pdf_pages}")
-        needs_rewrite = frames > 1
-        for index in range(frames):
-            image.seek(index)
-            width, height = image.size
-            if width * height > limits.max_image_pixels:
-                raise UploadRejected(
-                    f"the image is {width}×{height} = {width * height:,} pixels, over the limit of "
-                    f"{limits.max_image_pixels:,} (decompression-bomb guard)"
-                )
-            try:
-                image.load()
-            except (OSError, SyntaxError, ValueError, EOFError) as exc:
-                raise UploadRejected(f"the image is truncated or corrupt ({exc})") from None
-            transparent = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-            rotated = image.getexif().get(0x0112, 1) not in (1, None)
-            deep = image.mode not in ("1", "L", "P", "RGB", "CMYK", "RGBA", "LA", "PA")
-            needs_rewrite = needs_rewrite or transparent or rotated or deep
 
-    if not needs_rewrite:
-        return 1, lambda _n: path
 
-    def page(number: int) -> Path:
-        with Image.open(path) as img:
-            img.seek(number - 1)
-            frame = ImageOps.exif_transpose(img) or img
-            if frame.mode in ("RGBA", "LA", "PA") or "transparency" in frame.info:
-                rgba = frame.convert("RGBA")
-                canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-                canvas.paste(rgba, mask=rgba.getchannel("A"))
-                frame = canvas
-            elif frame.mode not in ("1", "L", "P", "RGB", "CMYK"):
-                frame = frame.convert("L") if frame.mode.startswith(("I", "F")) else frame.convert("RGB")
-            out = tmp / f"page-{number}.png"
-            frame.save(out, "PNG", compress_level=1)
-        return out
+def _frame_needs_rewrite(image: Any, index: int, limits: OcrLimits) -> bool:
+    """Decode frame ``index`` (refusing too many pixels or a corrupt frame); whether it must
+    be written out as a PNG page before Tesseract reads it."""
+    image.seek(index)
+    width, height = image.size
+    if width * height > limits.max_image_pixels:
+        raise UploadRejected(
+            f"the image is {width}×{height} = {width * height:,} pixels, over the limit of "
+            f"{limits.max_image_pixels:,} (decompression-bomb guard)"
+        )
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise UploadRejected(f"the image is truncated or corrupt ({exc})") from None
+    transparent = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    rotated = image.getexif().get(0x0112, 1) not in (1, None)
+    deep = image.mode not in ("1", "L", "P", "RGB", "CMYK", "RGBA", "LA", "PA")
+    return bool(transparent or rotated or deep)
 
-    return frames, page
+
+def _png_page(path: Path, tmp: Path, number: int) -> Path:
+    """Page ``number`` of the image as an upright PNG on white, in a mode Tesseract reads."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        img.seek(number - 1)
+        frame = ImageOps.exif_transpose(img) or img
+        if frame.mode in ("RGBA", "LA", "PA") or "transparency" in frame.info:
+            rgba = frame.convert("RGBA")
+            canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+            canvas.paste(rgba, mask=rgba.getchannel("A"))
+            frame = canvas
+        elif frame.mode not in ("1", "L", "P", "RGB", "CMYK"):
+            frame = frame.convert("L") if frame.mode.startswith(("I", "F")) else frame.convert("RGB")
+        out = tmp / f"page-{number}.png"
+        frame.save(out, "PNG", compress_level=1)
+    return out
 
 
 # --- PDF -------------------------------------------------------------------------------------
