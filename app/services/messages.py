@@ -414,33 +414,28 @@ def _route_delivery(deps: RouteDeps, message_id: str, outgoing: OutgoingMessage,
         return None
     # pending: claim it, commit, then send
     with deps.scope() as session:
-        claimed = rows_changed(
-            session,
-            update(MessageDelivery)
-            .where(MessageDelivery.id == delivery.id, MessageDelivery.status == DeliveryStatus.PENDING,
-                   MessageDelivery.attempts == delivery.attempts)
-            .values(status=DeliveryStatus.SENDING, attempts=delivery.attempts + 1,
-                    lease_until=now + timedelta(seconds=deps.lease_seconds)),
-            synchronize=False,
-        )
+        claimed = _move(session, delivery, DeliveryStatus.PENDING, status=DeliveryStatus.SENDING,
+                        attempts=delivery.attempts + 1, lease_until=now + timedelta(seconds=deps.lease_seconds))
     if not claimed:
         return None
     return _send(deps, message_id, outgoing, delivery.id, delivery.channel, delivery.attempts + 1)
+
+
+def _move(session: Session, delivery: _Delivery, expect: DeliveryStatus, **values: Any) -> bool:
+    """Move the delivery on from ``expect`` if nothing else has since it was read (same
+    status, same attempts); whether this call did."""
+    return rows_changed(session, update(MessageDelivery).where(
+        MessageDelivery.id == delivery.id, MessageDelivery.status == expect,
+        MessageDelivery.attempts == delivery.attempts,
+    ).values(**values), synchronize=False) == 1
 
 
 def _settle_lost(deps: RouteDeps, delivery: _Delivery) -> None:
     """A send whose worker died with the lease: its outcome is unknown, so it is failed and
     dead-lettered rather than sent twice."""
     with deps.scope() as session:
-        lost = rows_changed(
-            session,
-            update(MessageDelivery)
-            .where(MessageDelivery.id == delivery.id, MessageDelivery.status == DeliveryStatus.SENDING,
-                   MessageDelivery.attempts == delivery.attempts)
-            .values(status=DeliveryStatus.FAILED, lease_until=None,
-                    last_error="worker lost during the send: outcome unknown, not resent"),
-            synchronize=False,
-        )
+        lost = _move(session, delivery, DeliveryStatus.SENDING, status=DeliveryStatus.FAILED, lease_until=None,
+                     last_error="worker lost during the send: outcome unknown, not resent")
         if lost:
             d = session.get(MessageDelivery, delivery.id, populate_existing=True)
             assert d is not None
