@@ -129,7 +129,7 @@ def test_rule_marks_stuttered_capitals_and_bracketed_zeros() -> None:
     assert [read_int(t).value for t in ("ce)", "fe)", "(e)", "c)", "it)", "tt)", "(6)", "a)")] == [0] * 8
     assert [read_int(t).value for t in ("l)", "I)", "S)", "12)")] == [1, 1, 5, 12]
     assert read_int("e").value is None  # a letter without brackets is not a zero
-    assert clean_name(["WwW", "Hussain"]) == "W Hussain"
+    assert clean_name(["WwW", "Hussain"]) == "W Hussain" and clean_name(["kK", "Ahmed"]) == "K Ahmed"
     assert clean_name(["AB", "Wilson"]) == "AB Wilson" and clean_name(["WW", "Smith"]) == "WW Smith"
 
 
@@ -204,3 +204,18 @@ def test_deskew_levels_a_rotated_page(tmp_path: Path) -> None:
         levelled = deskew(rotated, _small(rotated)[0])
         assert levelled is not None and abs(before) >= 1.25
         assert abs(skew_angle(_small(levelled)[0])) <= 0.25
+
+
+def test_an_all_zero_maidens_column_without_a_header_is_maidens() -> None:
+    """No wides and no no-balls in the extras is no evidence that a column of zeros is one of them."""
+    from app.services.scorecard import parse_text
+
+    text = "\n".join([
+        "A v B", "A innings", "X Smith b Ansari 100 60 8 2 166.67", "Y Jones not out 38 40 3 0 95.00",
+        "Extras (b 1, lb 2, w 0, nb 0) 3", "TOTAL 141 for1 (16.4 overs)",
+        "W Ansari 9.0 ) 59 1 6.56", "Z Sharma 4.5 ) 19 0 3.93", "V Walker 2.5 ) 60 0 21.18",
+    ])
+    innings = parse_text(text)["innings"][0]
+    assert [r["maidens"] for r in innings["bowling"]] == [0, 0, 0]
+    assert [r["wickets"] for r in innings["bowling"]] == [1, 0, 0]
+    assert (innings["total"]["runs"], innings["total"]["wickets"]) == (141, 1)

@@ -315,7 +315,8 @@ def _table_score(table: str, rows: list[dict[str, Any]], ctx: TableContext) -> f
               ("wides", e.get("wides"), 3), ("no_balls", e.get("no_balls"), 3))
     for key, want, weight in checks:
         got = _sum(rows, key)
-        if got is not None and want is not None and got == want:
+        # No wides (or no-balls) in the extras says nothing: any all-zero column (maidens) sums to 0.
+        if got is not None and want is not None and got == want and (want or key in ("overs", "wickets")):
             score += weight
     return score
 

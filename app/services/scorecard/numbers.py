@@ -169,14 +169,11 @@ def is_debris(text: str) -> bool:
     return bool(text) and set(text) <= _DEBRIS
 
 
-#: A wide capital read as itself with small copies around it (``WwW`` for ``W``).
-_STUTTER_RE = re.compile(r"^(?P<c>[A-Z])(?:(?P=c)|(?i:(?P=c)))*$")
-
-
 def _unstutter(word: str) -> str:
-    if len(word) > 1 and any(ch.islower() for ch in word) and _STUTTER_RE.match(word) and \
-            len(set(word.lower())) == 1:
-        return word[0]
+    """A wide capital read as itself with small copies around it (``WwW``, ``kK`` for ``W``, ``K``)."""
+    if 1 < len(word) <= 3 and word.isalpha() and len(set(word.lower())) == 1 and \
+            any(ch.islower() for ch in word) and any(ch.isupper() for ch in word):
+        return word.upper()[0]
     return word
 
 

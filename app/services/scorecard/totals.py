@@ -55,7 +55,7 @@ def read_extras(words: Sequence[Word], text: str) -> dict[str, Any]:
 def _runs_and_wickets(outside: str) -> tuple[Reading, int | None]:
     if (m := re.search(r"(\S+)\s*/\s*(\S+)", outside)) and read_int(m.group(1)).ok:
         return read_int(m.group(1)), read_int(m.group(2)).value  # type: ignore[return-value]
-    if (m := re.search(r"(\S+)\s+for\s+(\S+)", outside, re.I)) and read_int(m.group(1)).ok:
+    if (m := re.search(r"(\S+)\s+for\s*(\S+)", outside, re.I)) and read_int(m.group(1)).ok:
         return read_int(m.group(1)), read_int(m.group(2)).value  # type: ignore[return-value]
     for token in reversed(outside.split()):
         if (reading := read_int(token)).ok:
