@@ -219,3 +219,13 @@ def test_an_all_zero_maidens_column_without_a_header_is_maidens() -> None:
     assert [r["maidens"] for r in innings["bowling"]] == [0, 0, 0]
     assert [r["wickets"] for r in innings["bowling"]] == [1, 0, 0]
     assert (innings["total"]["runs"], innings["total"]["wickets"]) == (141, 1)
+
+
+def test_runs_and_balls_read_as_one_word_are_split_where_the_strike_rate_says() -> None:
+    from app.services.scorecard import parse_text
+
+    text = "\n".join(["A v B", "A innings", "Batter R B 4s 6s SR", "L Malik c Shah b Ali 5445 6 1 120.00",
+                      "K Price not out 20 10 2 1 200.00", "Extras (b 0, lb 0, w 0, nb 0) 0", "Total (1 wkt, 9.1 ov) 74"])
+    rows = parse_text(text)["innings"][0]["batting"]
+    assert [(r["runs"], r["balls"], r["fours"]) for r in rows] == [(54, 45, 6), (20, 10, 2)]
+    assert rows[0]["inferred"] == ["runs", "balls"]

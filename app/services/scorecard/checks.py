@@ -38,10 +38,29 @@ def _misread(reading: Reading | None, printed: Any, derived: Any) -> bool:
         and str(derived) in str(printed)
 
 
+def _split_runs_and_balls(row: dict[str, Any], decimals: int) -> None:
+    """Runs and balls read as one word (``5445`` with the balls empty): split where the
+    strike rate confirms it (54 off 45 is 120.00)."""
+    r, b, sr = row["runs"], row["balls"], row["strike_rate"]
+    merged = r if b is None else b
+    if sr is None or (r is None) == (b is None) or merged is None or merged < 100:
+        return
+    digits = str(merged)
+    fits = [(int(digits[:k]), int(digits[k:])) for k in range(1, len(digits))
+            if not digits[k:].startswith("0") and int(digits[k:]) and printed_matches(sr, 100 * int(digits[:k])
+                                                                                    / int(digits[k:]), decimals)]
+    if len(fits) == 1:
+        row["runs"], row["balls"] = fits[0]
+        row["_inferred"].extend(["runs", "balls"])
+
+
 def _resolve_batting_row(innings: Innings, row: dict[str, Any]) -> None:
     """Strike rate = 100 × runs / balls: derive one missing or contradicted cell."""
     readings: dict[str, Reading] = row["_readings"]
     row["_inferred"] = []
+    _split_runs_and_balls(row, decimals_of(readings.get("strike_rate")))
+    if row["_inferred"]:
+        return
     r, b, sr = row["runs"], row["balls"], row["strike_rate"]
     decimals = decimals_of(readings.get("strike_rate"))
     if r is not None and b and sr is not None and printed_matches(sr, 100 * r / b, decimals):
