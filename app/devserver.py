@@ -8,6 +8,7 @@ Redis is stopped last.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -19,6 +20,8 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import redis
@@ -28,6 +31,73 @@ from app.settings import QUEUES, VAR, Settings
 logger = logging.getLogger(__name__)
 
 GRACE_SECONDS = 20.0
+
+#: The console operator ``dev`` creates on a development stack, and where the generated
+#: credentials are kept between runs (like ``var/secret.key``), so a restart keeps them.
+DEV_OPERATOR = "dev"
+DEV_CREDENTIALS = VAR / "dev-credentials.json"
+
+
+@dataclass(frozen=True)
+class DevCredentials:
+    operator: str
+    password: str
+    admin_token: str
+
+
+def _stored(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def dev_credentials(settings: Settings, path: Path = DEV_CREDENTIALS) -> DevCredentials:
+    """The development operator's password and the ADMIN_TOKEN of the stack: the configured
+    ADMIN_TOKEN when one is set, else the ones kept in ``path``, else new ones (then kept).
+    Refused outside ENVIRONMENT=development: production never gets a generated credential."""
+    if settings.environment != "development":
+        raise RuntimeError(f"development credentials are refused with ENVIRONMENT={settings.environment}")
+    stored = _stored(path)
+    keep = {"password": str(stored.get("password") or secrets.token_urlsafe(18)),
+            "admin_token": str(stored.get("admin_token") or secrets.token_urlsafe(32))}
+    configured = settings.admin_token.get_secret_value()
+    creds = DevCredentials(DEV_OPERATOR, keep["password"], configured or keep["admin_token"])
+    if keep != stored:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
+        path.write_text(json.dumps(keep))
+    return creds
+
+
+def ensure_dev_operator(settings: Settings, path: Path = DEV_CREDENTIALS) -> DevCredentials:
+    """Create the ``dev`` operator (role admin) with the kept password, or bring an existing
+    one back to role admin, enabled, with that password; idempotent. Development only."""
+    from argon2 import PasswordHasher
+    from argon2.exceptions import InvalidHashError, VerificationError
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.models.console import Operator
+    from app.services.console.operators import create_operator, update_operator
+
+    creds = dev_credentials(settings, path)
+    with session_scope() as session:
+        operator = session.scalars(select(Operator).where(Operator.name == creds.operator)).first()
+        if operator is None:
+            create_operator(session, creds.operator, "admin", creds.password)
+            return creds
+        try:
+            # An unchanged password is not hashed again: open console sessions stay valid.
+            PasswordHasher().verify(operator.password_hash, creds.password)
+            password: str | None = None
+        except (VerificationError, InvalidHashError):
+            password = creds.password
+        if password or operator.role != "admin" or operator.disabled_at is not None:
+            update_operator(session, creds.operator, role="admin", disabled=False, password=password)
+    return creds
 
 
 def free_port() -> int:
@@ -88,8 +158,19 @@ class DevStack:
     children: list[Child] = field(default_factory=list)
     private_redis: subprocess.Popen[bytes] | None = None
     flower_password: str = ""
+    dev: DevCredentials | None = None
 
     def prepare(self) -> None:
+        s = self.settings
+        self._prepare_redis()
+        self.flower_password = s.flower_password.get_secret_value() or secrets.token_urlsafe(12)
+        self.env["FLOWER_PASSWORD"] = self.flower_password
+        if s.environment == "development":
+            self.dev = ensure_dev_operator(s)
+            self.env["ADMIN_TOKEN"] = self.dev.admin_token  # the API and workers read it
+        self.children = self._children()
+
+    def _prepare_redis(self) -> None:
         s = self.settings
         if not redis_answers(s.redis_url):
             host = urlparse(s.redis_url).hostname or ""
@@ -102,11 +183,12 @@ class DevStack:
                 self.env["BROKER_URL"] = url
             if s.result_backend in ("", s.redis_url):
                 self.env["RESULT_BACKEND"] = url
-        self.flower_password = s.flower_password.get_secret_value() or secrets.token_urlsafe(12)
-        self.env["FLOWER_PASSWORD"] = self.flower_password
+
+    def _children(self) -> list[Child]:
+        s = self.settings
         py = sys.executable
         VAR.mkdir(parents=True, exist_ok=True)
-        self.children = [
+        return [
             Child("api", [py, "-m", "gunicorn", "-c", "python:app.api.gunicorn_conf",
                           "-b", f"{s.api_host}:{s.api_port}", "-w", "2",
                           "--timeout", "60", "--graceful-timeout", "10", "app.api.wsgi:application"]),
@@ -135,9 +217,22 @@ class DevStack:
             f"  channels http://127.0.0.1:{s.dev_channels_port}   (development WhatsApp/Instagram server; GET /_received)",
             f"  telephony http://127.0.0.1:{s.dev_telephony_port}   (development telephony server for the call scheduler)",
             f"  queues   {', '.join(QUEUES)}",
+            *self._sign_in_lines(),
             "Ctrl-C stops everything.",
             "",
         ])
+
+    def _sign_in_lines(self) -> list[str]:
+        if self.dev is None:
+            return []
+        api = self.settings.base_url
+        return [
+            f"  home     {api}/   (console, API reference at {api}/docs/, health)",
+            f"  console  {api}/console   (operator {self.dev.operator}, password {self.dev.password}; role admin)",
+            f"  ADMIN_TOKEN {self.dev.admin_token}   (the console's Workers page, /admin/workers, and "
+            "Authorization: Bearer on admin routes)",
+            f"  (development credentials kept in {DEV_CREDENTIALS}; delete it for new ones)",
+        ]
 
     def first_exit(self) -> Child | None:
         for child in self.children:

@@ -17,7 +17,7 @@ from app.api.spec import JsonProvider, openapi_document, spec
 from app.settings import Settings, get_settings, set_settings
 
 #: One blueprint module per family, each exposing ``bp``.
-BLUEPRINTS = ("health", "admin", "storage", "messages", "dlq", "ocr", "scans", "voice", "files", "schedules", "console")
+BLUEPRINTS = ("home", "health", "admin", "storage", "messages", "dlq", "ocr", "scans", "voice", "files", "schedules", "console")
 
 
 def create_app(settings: Settings | None = None) -> Flask:

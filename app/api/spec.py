@@ -172,6 +172,7 @@ spec = SpecTree(
     title="Task application API",
     version="1.0.0",
     path="docs",
+    page_templates={},  # its pages load their UI from a CDN; the reference is /docs/ (app/api/home.py)
     annotations=True,
     validation_error_status=400,
     before=_validation_error_to_api_error,

@@ -38,6 +38,33 @@ from app.tracing import restored
 
 logger = logging.getLogger(__name__)
 
+RELAY_TASK = "app.tasks.outbox.relay"
+
+
+class RelayTicksAtDebug(logging.Filter):
+    """Celery's own lines about the relay (beat sending it, a worker receiving it, its
+    success) at DEBUG: the relay runs every OUTBOX_RELAY_INTERVAL, so at INFO they were
+    three lines a second of an idle stack. A run that publishes, fails or redelivers
+    still says so at INFO ("outbox relayed"); a failed run's error is not touched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not _about_relay(record):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _about_relay(record: logging.LogRecord) -> bool:
+    data = getattr(record, "data", None)  # the worker's "received" and "succeeded" lines
+    if isinstance(data, dict):
+        return data.get("name") == RELAY_TASK
+    return isinstance(record.args, tuple) and RELAY_TASK in record.args  # beat's "Sending due task"
+
+
+_RELAY_AT_DEBUG = RelayTicksAtDebug()
+for _name in ("celery.beat", "celery.worker.strategy", "celery.app.trace"):
+    logging.getLogger(_name).addFilter(_RELAY_AT_DEBUG)
+
 
 class UnknownTargetTask(Exception):
     """The event names a task this application does not have."""
@@ -94,7 +121,7 @@ def drain(budget: float | None = None) -> dict[str, int]:
                                     notify=_notify, on_batch=_count)
 
 
-@celery_app.task(bind=True, name="app.tasks.outbox.relay", ignore_result=True)
+@celery_app.task(bind=True, name=RELAY_TASK, ignore_result=True)
 def relay(self) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """Drain the outbox (see module docstring)."""
     settings = get_settings()

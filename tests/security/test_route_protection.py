@@ -15,6 +15,7 @@ from app.settings import get_settings
 
 #: Public on purpose, each with why.
 PUBLIC = {
+    "/": "the home page: links only",
     "/health": "load balancers and operators probe it",
     "/openapi.json": "the API description",
     "/metrics": "open only while METRICS_TOKEN is unset (test_security.py checks the token); bind the API "
