@@ -77,7 +77,7 @@ def _dev_operators() -> list[tuple[str, str, bool]]:
                 for op in session.scalars(select(Operator).where(Operator.name == DEV_OPERATOR))]
 
 
-def test_dev_operator_is_created_once_as_admin_and_its_password_works(pg_database, tmp_path: Path) -> None:
+def test_dev_operator_is_created_once_as_admin_and_its_password_works(pg_database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with session_scope() as session:
         session.execute(delete(Operator).where(Operator.name == DEV_OPERATOR))
     path = tmp_path / "dev-credentials.json"
@@ -106,7 +106,7 @@ def test_dev_operator_is_created_once_as_admin_and_its_password_works(pg_databas
 
 
 @pytest.mark.parametrize("environment", ["production", "test"])
-def test_dev_operator_is_refused_outside_development(pg_database, tmp_path: Path, environment: str) -> None:
+def test_dev_operator_is_refused_outside_development(pg_database, tmp_path: Path, environment: str) -> None:  # type: ignore[no-untyped-def]
     with session_scope() as session:
         session.execute(delete(Operator).where(Operator.name == DEV_OPERATOR))
     path = tmp_path / "dev-credentials.json"
@@ -156,5 +156,5 @@ def test_a_relay_tick_that_publishes_logs_at_info(pg_database, redis_client, cap
     caplog.set_level(logging.INFO)
     assert relay()["published"] == 1
     relayed = [r for r in caplog.records if r.getMessage() == "outbox relayed"]
-    assert len(relayed) == 1 and relayed[0].levelno == logging.INFO and relayed[0].published == 1  # type: ignore[attr-defined]
+    assert len(relayed) == 1 and relayed[0].levelno == logging.INFO and relayed[0].published == 1
     redis_client.delete("default")  # nobody consumes the probe here
