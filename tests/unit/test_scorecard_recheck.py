@@ -229,3 +229,17 @@ def test_runs_and_balls_read_as_one_word_are_split_where_the_strike_rate_says() 
     rows = parse_text(text)["innings"][0]["batting"]
     assert [(r["runs"], r["balls"], r["fours"]) for r in rows] == [(54, 45, 6), (20, 10, 2)]
     assert rows[0]["inferred"] == ["runs", "balls"]
+
+
+def test_noise_after_a_rows_numbers_is_dropped() -> None:
+    """A shaded bar or a rule beyond the table reads as words after the figures."""
+    from app.services.scorecard.columns import row_words
+
+    def numbers(text: str) -> list[str]:
+        return [w.text for w in row_words([Word(t) for t in text.split()])[1]]
+
+    assert numbers("P Jones 4.0 0 40 0 Gites LEAR pep terete hee MB ESE, Sage") == ["4.0", "0", "40", "0"]
+    assert numbers("K Ansari st Head b Iqbal 22 20 30 3 0 110.00 Se 9g EL OR") == ["22", "20", "30", "3", "0",
+                                                                                   "110.00"]
+    assert numbers("N Conway 4.0 0.641 Ga a eee ee a") == []
+    assert numbers("A Gayle not out 101 53 65 8 6 190.57") == ["101", "53", "65", "8", "6", "190.57"]

@@ -119,6 +119,32 @@ def split_numbers(words: Sequence[Word]) -> tuple[list[Word], list[Word]]:
     return list(words[:i]), list(words[i:])
 
 
+_PLAIN_NUMBER_RE = re.compile(r"^[\d.,:*()]*\d[\d.,:*()]*$")
+
+
+def row_words(words: Sequence[Word]) -> tuple[list[Word], list[Word]]:
+    """Label words and number words of a table row (``split_numbers`` after ``split_note``).
+
+    When the line does not end in numbers, words after its last plain number that are
+    OCR noise (no digit, or digits mixed with letters: what a shaded bar or a rule beyond
+    the table reads as) are dropped, up to ``_MAX_JUNK`` of them.
+    """
+    label, numbers = split_numbers(split_note(words))
+    if len(numbers) >= 3:
+        return label, numbers
+    for cut in range(len(words) - 1, max(1, len(words) - _MAX_JUNK) - 1, -1):
+        dropped = words[cut:]
+        if any(_PLAIN_NUMBER_RE.match(w.text) for w in dropped):
+            break
+        if _PLAIN_NUMBER_RE.match(words[cut - 1].text):
+            label, numbers = split_numbers(words[:cut])
+            return (label, numbers) if len(numbers) >= 3 else (list(words), [])
+    return label, numbers
+
+
+_MAX_JUNK = 20
+
+
 def read_header(words: Sequence[Word], table: str) -> Header:
     keys, centers, dismissal_left = [], [], None
     for word in words[1:]:

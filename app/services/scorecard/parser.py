@@ -40,7 +40,7 @@ _INNINGS_RE = re.compile(r"^(?P<team>.+?)\s+(?:(?:1st|2nd|first|second)\s+)?inn(
 _BAT_HEADER_RE = re.compile(r"^(?:batter|batsman|batsmen|batting)\b", re.I)
 _BOWL_HEADER_RE = re.compile(r"^(?:bowler|bowling)\b", re.I)
 _EXTRAS_RE = re.compile(r"^(?:e[xk]tras?|sundries)\b", re.I)
-_TOTAL_RE = re.compile(r"^t[o0]ta[l1I]\b", re.I)
+_TOTAL_RE = re.compile(r"^[tf][o0]ta[l1I]\b", re.I)
 _DNB_RE = re.compile(r"^(?:did\s+not\s+bat|yet\s+to\s+bat)\s*[:;.]?\s*", re.I)
 _FOW_RE = re.compile(r"^fall\s+of\s+wick[e]?ts?\s*[:;.]?\s*", re.I)
 _RESULT_RE = re.compile(r"^result\s*[:;.]?\s*", re.I)
@@ -181,7 +181,7 @@ class Reader:
 
     # --- table rows ---------------------------------------------------------------------------------
     def _table_row(self, page: int, line_no: int, words: list[Word], text: str) -> bool:
-        label, numbers = cols.split_numbers(cols.split_note(words))
+        label, numbers = cols.row_words(words)
         has_dismissal = any(_is_dismissal_word(w.text) for w in label[1:])
         if len(numbers) < 3:
             return self._dismissal_line(page, words, numbers)

@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.services.scorecard.columns import split_note, split_numbers
+from app.services.scorecard.columns import row_words
 from app.services.scorecard.numbers import (
     Line,
     Word,
@@ -140,7 +140,7 @@ def _words(line: Line) -> list[Word]:
 def _row_words(line: Line) -> tuple[int, list[Word]] | None:
     """The start index (in ``_words``) and number words of a table row, or None for any other line."""
     words = _words(line)
-    label, numbers = split_numbers(split_note(words))
+    label, numbers = row_words(words)
     if len(numbers) < 3 or not clean_name(w.text for w in label) or _NOT_A_ROW.match(label[0].text):
         return None
     if any(w.left is None or w.top is None or w.width is None or w.height is None for w in numbers):
