@@ -34,7 +34,7 @@ class ApiServer:
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, name="voice-test-api", daemon=True)
 
-    def start(self) -> "ApiServer":
+    def start(self) -> ApiServer:
         self.thread.start()
         return self
 
@@ -77,7 +77,7 @@ class RemoteWorkerProcess:
         } | env
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "RemoteWorkerProcess":
+    def start(self) -> RemoteWorkerProcess:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "app.remote_worker"], cwd=ROOT, env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT)

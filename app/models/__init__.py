@@ -8,4 +8,4 @@ from app.models.base import Base
 from app.models.messages import DeadLetter, Message, MessageDelivery, MessageStatusUpdate
 from app.models.outbox import OutboxEvent
 
-__all__ = ["Base", "ApiKey", "Client", "OutboxEvent", "Message", "MessageDelivery", "MessageStatusUpdate", "DeadLetter"]
+__all__ = ["ApiKey", "Base", "Client", "DeadLetter", "Message", "MessageDelivery", "MessageStatusUpdate", "OutboxEvent"]

@@ -153,7 +153,7 @@ def _restart_sites(client: Any) -> None:
             container.start()
 
 
-def test_mixed_load_survives_chaos(private_services, channel_server, scan_sites, docker_client,  # noqa: F811
+def test_mixed_load_survives_chaos(private_services, channel_server, scan_sites, docker_client,
                                    tmp_root) -> None:  # type: ignore[no-untyped-def]
     from app.services.sandbox import JOB_LABEL, LABEL, list_scan_containers
     from app.settings import QUEUES

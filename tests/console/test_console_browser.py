@@ -100,7 +100,7 @@ def _submit_failing_messages(server: ApiServer, channel_server: Any, n: int) -> 
     return wait_for(internal_ids, timeout=60, message="messages dead-lettered")  # type: ignore[return-value]
 
 
-def test_sign_in_filter_detail_and_bulk_replay_delivered_once(browser, server, start_worker, channel_server,  # noqa: F811
+def test_sign_in_filter_detail_and_bulk_replay_delivered_once(browser, server, start_worker, channel_server,
                                                               shots: Path) -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -171,7 +171,7 @@ def _statuses(mids: list[str]) -> set[str]:
         return {m.status for m in session.query(Message).filter(Message.id.in_(mids))}
 
 
-def test_pause_a_queue_a_job_waits_resume_it_runs_and_a_viewer_gets_403(browser, server, start_worker,  # noqa: F811
+def test_pause_a_queue_a_job_waits_resume_it_runs_and_a_viewer_gets_403(browser, server, start_worker,
                                                                         redis_client, shots: Path) -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
 
@@ -219,7 +219,7 @@ def _sends(log: Path, entry: str) -> int:
     return log.read_text(errors="replace").count(f"Sending due task {entry}")
 
 
-def test_pause_a_schedule_and_beat_does_not_send_it(browser, server, redis_client, tmp_path: Path,  # noqa: F811
+def test_pause_a_schedule_and_beat_does_not_send_it(browser, server, redis_client, tmp_path: Path,
                                                     shots: Path) -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
 

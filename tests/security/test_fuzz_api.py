@@ -119,7 +119,7 @@ def _run_operation(served: Served, operation: Any, mode: GenerationMode, count: 
             checks = CHECKS + ([negative_data_rejection] if mode is GenerationMode.NEGATIVE else [])
             case.validate_response(response, checks=checks)
             _check_error_body(response)
-        except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 (collect every finding, report them together)
+        except (Exception, BaseExceptionGroup) as exc:
             tally.failures.append(f"{where} with credential: {str(exc)[:1500]}")
         if not secured:
             return
@@ -132,7 +132,7 @@ def _run_operation(served: Served, operation: Any, mode: GenerationMode, count: 
                 f"answered {response.status_code} without a valid credential"
             case.validate_response(response, checks=CHECKS)
             _check_error_body(response)
-        except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001
+        except (Exception, BaseExceptionGroup) as exc:
             tally.failures.append(f"{where} without credential: {str(exc)[:1500]}")
 
     try:

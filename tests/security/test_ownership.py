@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 

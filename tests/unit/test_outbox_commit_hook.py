@@ -30,12 +30,12 @@ def calls() -> Iterator[list[int]]:
     set_commit_hook(before)
 
 
-def _event(session: Session, **kw: float) -> None:  # noqa: F811
+def _event(session: Session, **kw: float) -> None:
     add_event(session, aggregate_type="t", aggregate_id="1", event_type="t.e", task_name="app.tasks.system.ping",
               payload={}, **kw)
 
 
-def test_a_committed_event_calls_the_hook_once_per_commit(session: Session, calls: list[int]) -> None:  # noqa: F811
+def test_a_committed_event_calls_the_hook_once_per_commit(session: Session, calls: list[int]) -> None:
     _event(session)
     _event(session)
     assert calls == []  # nothing before the commit
@@ -45,7 +45,7 @@ def test_a_committed_event_calls_the_hook_once_per_commit(session: Session, call
     assert calls == [1]
 
 
-def test_a_rolled_back_event_does_not_call_the_hook(session: Session, calls: list[int]) -> None:  # noqa: F811
+def test_a_rolled_back_event_does_not_call_the_hook(session: Session, calls: list[int]) -> None:
     _event(session)
     session.rollback()
     assert PENDING_KEY not in session.info
@@ -57,7 +57,7 @@ def test_a_rolled_back_event_does_not_call_the_hook(session: Session, calls: lis
     assert calls == []
 
 
-def test_a_savepoint_release_waits_for_the_outer_commit(session: Session, calls: list[int]) -> None:  # noqa: F811
+def test_a_savepoint_release_waits_for_the_outer_commit(session: Session, calls: list[int]) -> None:
     with session.begin_nested():
         _event(session)
     assert calls == []
@@ -65,7 +65,7 @@ def test_a_savepoint_release_waits_for_the_outer_commit(session: Session, calls:
     assert calls == [1]
 
 
-def test_an_event_delayed_asks_for_no_relay_and_is_due_after_its_delay(session: Session, calls: list[int]) -> None:  # noqa: F811
+def test_an_event_delayed_asks_for_no_relay_and_is_due_after_its_delay(session: Session, calls: list[int]) -> None:
     now = utcnow()
     _event(session, delay=30)
     session.commit()
@@ -79,7 +79,7 @@ def test_an_event_delayed_asks_for_no_relay_and_is_due_after_its_delay(session: 
             _event(session, delay=bad)
 
 
-def test_a_dead_event_replayed_calls_the_hook(session: Session, calls: list[int]) -> None:  # noqa: F811
+def test_a_dead_event_replayed_calls_the_hook(session: Session, calls: list[int]) -> None:
     _event(session)
     session.commit()
     calls.clear()
@@ -96,7 +96,7 @@ def test_a_dead_event_replayed_calls_the_hook(session: Session, calls: list[int]
     assert calls == [1]
 
 
-def test_a_hook_that_raises_never_reaches_the_committing_code(session: Session, calls: list[int]) -> None:  # noqa: F811
+def test_a_hook_that_raises_never_reaches_the_committing_code(session: Session, calls: list[int]) -> None:
     def broken() -> None:
         raise ConnectionError("broker down")
 
@@ -107,7 +107,7 @@ def test_a_hook_that_raises_never_reaches_the_committing_code(session: Session, 
 
 
 def test_the_relay_nudge_puts_one_relay_task_on_the_broker_after_the_commit(
-    session: Session, calls: list[int], redis_client: redis.Redis  # noqa: F811
+    session: Session, calls: list[int], redis_client: redis.Redis
 ) -> None:
     from app.tasks.outbox import relay_after_commits
 

@@ -24,7 +24,7 @@ from app.tracing import TRACE_KEY
 from tests.unit.test_outbox_service import session  # noqa: F401  (fixture: both databases)
 
 
-def _published(session: Session, n: int) -> list[OutboxEvent]:  # noqa: F811
+def _published(session: Session, n: int) -> list[OutboxEvent]:
     events = [add_event(session, aggregate_type="t", aggregate_id=str(i), event_type="e", task_name="x.y",
                         payload={"i": i}) for i in range(n)]
     session.commit()
@@ -33,7 +33,7 @@ def _published(session: Session, n: int) -> list[OutboxEvent]:  # noqa: F811
     return events
 
 
-def test_an_event_nobody_took_is_made_due_again_and_a_taken_one_is_not(session: Session) -> None:  # noqa: F811
+def test_an_event_nobody_took_is_made_due_again_and_a_taken_one_is_not(session: Session) -> None:
     lost, taken, recent = _published(session, 3)
     assert mark_consumed(session, [taken.id]) == 1 and mark_consumed(session, [taken.id]) == 0
     session.commit()
@@ -59,7 +59,7 @@ def test_event_ids_come_from_outbox_task_ids_only() -> None:
     assert event_id_for("outbox-x") is None and event_id_for("4f1c-uuid") is None and event_id_for(None) is None
 
 
-def test_a_task_handed_back_is_due_after_its_countdown_with_the_retry_arguments(session: Session) -> None:  # noqa: F811
+def test_a_task_handed_back_is_due_after_its_countdown_with_the_retry_arguments(session: Session) -> None:
     event, dead = _published(session, 2)
     event.payload = {**event.payload, TRACE_KEY: {"traceparent": "00-abc-def-01"}}
     dead.dead = True

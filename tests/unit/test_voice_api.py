@@ -13,8 +13,8 @@ from sqlalchemy import select
 from app.db import session_scope
 from app.models.outbox import OutboxEvent
 from app.models.voice import VoiceJob
-from app.storage import get_storage
 from app.settings import get_settings
+from app.storage import get_storage
 
 GOOD = {"scam_score": 0.93, "risk_level": "CRITICAL", "reasons": ["asks for a one-time code"], "confidence": 0.9}
 

@@ -20,7 +20,7 @@ from app.settings import get_settings, load_settings, set_settings
 
 
 class _Listener(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.server.requests.append(self.path)  # type: ignore[attr-defined]
         if self.path.startswith("/to?url="):
             self.send_response(302)
@@ -33,7 +33,7 @@ class _Listener(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

@@ -14,7 +14,8 @@ from app.db import get_sessionmaker, session_scope
 from app.models.base import utcnow
 from app.models.outbox import OutboxEvent
 from app.models.voice import VoiceJob
-from app.services.voice import jobs as voice_jobs, workers
+from app.services.voice import jobs as voice_jobs
+from app.services.voice import workers
 
 KEY = b"k" * 32
 
