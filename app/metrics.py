@@ -24,9 +24,15 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.settings import get_settings
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from sqlalchemy import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -121,12 +127,12 @@ class StateCollector:
     """
 
     def __init__(self) -> None:
-        self._engine = None
+        self._engine: Engine | None = None
 
     def describe(self) -> list:
         return []  # no collect() at registration time
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("metrics_source_up", "Whether a scrape-time source answered.", labels=["source"])
         try:
             yield self._queue_lengths()
@@ -169,7 +175,7 @@ class StateCollector:
                 channel.close()
         return family
 
-    def _database(self):  # type: ignore[no-untyped-def]
+    def _database(self) -> Iterator[Metric]:
         from sqlalchemy import func, select, text
 
         from app.models.messages import DeadLetter
@@ -189,7 +195,7 @@ class StateCollector:
         yield GaugeMetricFamily("outbox_events_dead", "Outbox events that ran out of attempts (replayable).", value=dead or 0)
         yield GaugeMetricFamily("dlq_messages", "Dead letters of the messages family not replayed yet.", value=dlq or 0)
 
-    def _get_engine(self):  # type: ignore[no-untyped-def]
+    def _get_engine(self) -> Engine:
         # A small engine of its own with a short connect timeout: a scrape must not wait
         # behind the application's pool, nor for a database that does not answer.
         from sqlalchemy import create_engine
@@ -204,7 +210,7 @@ class StateCollector:
         if self._engine is None:
             timeout = settings.metrics_scrape_timeout
             self._engine = create_engine(url, pool_size=1, max_overflow=1, pool_timeout=timeout, pool_pre_ping=True,
-                                         connect_args={"connect_timeout": max(1, int(round(timeout)))})
+                                         connect_args={"connect_timeout": max(1, round(timeout))})
         return self._engine
 
 
@@ -261,10 +267,10 @@ def serve_worker_metrics(host: str, port: int) -> None:
 
     class _Registry:
         # Re-merged at every scrape, so new pool processes are included.
-        def collect(self):  # type: ignore[no-untyped-def]
+        def collect(self) -> Iterable[Metric]:
             return build_registry(with_state=False).collect()
 
-    start_wsgi_server(port, addr=host, registry=_Registry())  # type: ignore[arg-type]
+    start_wsgi_server(port, addr=host, registry=_Registry())
     logger.info("worker metrics served", extra={"host": host, "port": port})
 
 # --- schedules ---------------------------------------------------------------------------
@@ -291,7 +297,7 @@ class QueueDepthCollector:
     def describe(self) -> list:
         return []
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         from app.services.console import queues as console_queues
         from app.settings import QUEUES
 
@@ -335,7 +341,6 @@ def _broker_app():  # type: ignore[no-untyped-def]
 
 def _oldest_waiting() -> dict[str, float]:
     import celeryconfig
-
     from app.db import session_scope
     from app.services.console.queues import oldest_waiting
 
