@@ -649,9 +649,10 @@ def render_pdf_page(path: Path, number: int, tmp: Path, limits: OcrLimits) -> Pa
         raise UploadRejected(f"rendering page {number} took longer than {timeout} s") from None
     except PDFSyntaxError as exc:
         raise UploadRejected(f"page {number} of the PDF is damaged ({exc})") from None
-    if len(paths) != 1 or not Path(paths[0]).exists():
+    rendered = [str(p) for p in paths]  # paths_only: file names, not images
+    if len(rendered) != 1 or not Path(rendered[0]).exists():
         raise UploadRejected(f"page {number} of the PDF could not be rendered")
-    return Path(paths[0])
+    return Path(rendered[0])
 
 
 # --- Tesseract ----------------------------------------------------------------------------------
