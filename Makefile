@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make run    set up and run the whole stack on embedded defaults
 #   make test   set up and run the whole test suite
-.PHONY: run test bootstrap check lint bench
+.PHONY: run test bootstrap check lint lint-checks bench
 
 PY := .venv/bin/python
 
@@ -14,13 +14,17 @@ run: bootstrap
 test:
 	scripts/bootstrap --test
 	AUDIT_UNREACHABLE=warn scripts/audit
+	$(MAKE) --no-print-directory lint-checks
 	scripts/run-tests
 
 bootstrap:
 	scripts/bootstrap
 
-# Static checks: ruff (style, imports, likely bugs) and mypy (types), both set in pyproject.toml.
-lint:
+# Static checks: ruff (style, imports, likely bugs) and mypy (types), both set in pyproject.toml;
+# `make lint` sets up first, `make test` runs them after its own set-up, before the tests.
+lint: bootstrap lint-checks
+
+lint-checks:
 	$(PY) -m ruff check app celeryconfig.py bench tests scripts
 	$(PY) -m mypy
 

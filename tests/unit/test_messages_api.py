@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from app.services.outbox import task_kwargs
 from app.db import session_scope
 from app.models.messages import Message
 from app.models.outbox import OutboxEvent
+from app.services.outbox import task_kwargs
 
 
 def _counts() -> tuple[int, int]:
