@@ -12,12 +12,13 @@ from datetime import datetime
 from typing import Any, Literal
 
 from flask import Blueprint
+from flask import Response as FlaskResponse
 from pydantic import BaseModel, Field, field_validator
 from spectree import Response
 from sqlalchemy.orm import Session
 
 from app.api.auth import require_admin, require_api_key
-from app.api.errors import ApiError, ErrorResponse
+from app.api.errors import ErrorResponse, error_response
 from app.api.ownership import owned, owner, referenced
 from app.api.spec import ADMIN, BEARER, ViewResult, spec
 from app.db import session_scope
@@ -157,9 +158,11 @@ class JobStatusList(BaseModel):
     jobs: list[JobStatus]
 
 
-def _bad(exc: svc.ScheduleInputError) -> ApiError:
-    return ApiError(400, "validation_error", f"invalid request: {exc}",
-                    [{"loc": exc.loc, "msg": str(exc), "type": "value_error"}])
+@bp.errorhandler(svc.ScheduleInputError)
+def _bad_input(exc: svc.ScheduleInputError) -> FlaskResponse:
+    """Input the service refused (an unknown timezone, a tenant that is not the caller's...)."""
+    return error_response(400, "validation_error", f"invalid request: {exc}",
+                          [{"loc": exc.loc, "msg": str(exc), "type": "value_error"}])
 
 
 def _out(model: type[BaseModel], row: Any, **extra: Any) -> dict:
@@ -190,13 +193,10 @@ def _campaign_out(session: Session, campaign: Campaign) -> dict[str, Any]:
 @require_api_key
 def create_tenant(json: TenantCreate) -> ViewResult:
     """Create a tenant with its IANA timezone and business hours."""
-    try:
-        with session_scope() as session:
-            tenant = svc.create_tenant(session, name=json.name, plan=json.plan, trial_ends_at=json.trial_ends_at,
-                                       timezone=json.timezone, business_hours=json.business_hours, client_id=owner())
-            return _out(TenantOut, tenant), 201
-    except svc.ScheduleInputError as exc:
-        raise _bad(exc) from None
+    with session_scope() as session:
+        tenant = svc.create_tenant(session, name=json.name, plan=json.plan, trial_ends_at=json.trial_ends_at,
+                                   timezone=json.timezone, business_hours=json.business_hours, client_id=owner())
+        return _out(TenantOut, tenant), 201
 
 
 @bp.get("/api/tenants/<tenant_id>")
@@ -215,15 +215,12 @@ def get_tenant(tenant_id: str) -> ViewResult:
 @require_api_key
 def create_lead(json: LeadCreate) -> ViewResult:
     """Create a lead; ``next_reminder_at`` schedules its first reminder email."""
-    try:
-        with session_scope() as session:
-            tenant = referenced(session, Tenant, json.tenant_id, svc.missing_tenant(json.tenant_id),
-                                by=Tenant.public_id)
-            lead = svc.create_lead(session, tenant_id=tenant.id, name=json.name, email=json.email,
-                                   phone=json.phone, next_reminder_at=json.next_reminder_at)
-            return _out(LeadOut, lead), 201
-    except svc.ScheduleInputError as exc:
-        raise _bad(exc) from None
+    with session_scope() as session:
+        tenant = referenced(session, Tenant, json.tenant_id, svc.missing_tenant(json.tenant_id),
+                            by=Tenant.public_id)
+        lead = svc.create_lead(session, tenant_id=tenant.id, name=json.name, email=json.email,
+                               phone=json.phone, next_reminder_at=json.next_reminder_at)
+        return _out(LeadOut, lead), 201
 
 
 @bp.get("/api/leads/<lead_id>")
@@ -245,16 +242,13 @@ def create_campaign(json: CampaignCreate) -> ViewResult:
     """Schedule a campaign; the dispatcher sends it in batches once ``scheduled_at`` has passed."""
     from app.models.base import utcnow
 
-    try:
-        with session_scope() as session:
-            tenant = referenced(session, Tenant, json.tenant_id, svc.missing_tenant(json.tenant_id),
-                                by=Tenant.public_id)
-            campaign = svc.create_campaign(
-                session, tenant_id=tenant.id, channel=json.channel, subject=json.subject,
-                template=json.template, scheduled_at=json.scheduled_at or utcnow(), recipients=json.recipients)
-            return _campaign_out(session, campaign), 201
-    except svc.ScheduleInputError as exc:
-        raise _bad(exc) from None
+    with session_scope() as session:
+        tenant = referenced(session, Tenant, json.tenant_id, svc.missing_tenant(json.tenant_id),
+                            by=Tenant.public_id)
+        campaign = svc.create_campaign(
+            session, tenant_id=tenant.id, channel=json.channel, subject=json.subject,
+            template=json.template, scheduled_at=json.scheduled_at or utcnow(), recipients=json.recipients)
+        return _campaign_out(session, campaign), 201
 
 
 @bp.get("/api/campaigns/<campaign_id>")
@@ -275,19 +269,16 @@ def create_call(json: CallCreate) -> ViewResult:
     """Queue a call to a lead; it is dialled when due and inside the tenant's business hours."""
     from app.models.base import utcnow
 
-    try:
-        with session_scope() as session:
-            tenant = referenced(session, Tenant, json.tenant_id, svc.missing_tenant(json.tenant_id),
-                                by=Tenant.public_id)
-            lead = referenced(session, Lead, json.lead_id, svc.missing_lead(json.lead_id, json.tenant_id),
-                              by=Lead.public_id)
-            if lead.tenant_id != tenant.id:
-                raise svc.missing_lead(json.lead_id, json.tenant_id)
-            call = svc.create_call(session, tenant_id=tenant.id, lead_id=lead.id,
-                                   scheduled_for=json.scheduled_for or utcnow())
-            return _out(CallOut, call), 201
-    except svc.ScheduleInputError as exc:
-        raise _bad(exc) from None
+    with session_scope() as session:
+        tenant = referenced(session, Tenant, json.tenant_id, svc.missing_tenant(json.tenant_id),
+                            by=Tenant.public_id)
+        lead = referenced(session, Lead, json.lead_id, svc.missing_lead(json.lead_id, json.tenant_id),
+                          by=Lead.public_id)
+        if lead.tenant_id != tenant.id:
+            raise svc.missing_lead(json.lead_id, json.tenant_id)
+        call = svc.create_call(session, tenant_id=tenant.id, lead_id=lead.id,
+                               scheduled_for=json.scheduled_for or utcnow())
+        return _out(CallOut, call), 201
 
 
 @bp.get("/api/calls/<call_id>")
