@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import SecretStr
+from pydantic.fields import FieldInfo
 
 from app.settings import ROOT, Settings
 
@@ -30,7 +31,7 @@ fails when it is out of date.
 """
 
 
-def _default(name: str, field) -> str:  # type: ignore[no-untyped-def]
+def _default(name: str, field: FieldInfo) -> str:
     value = field.default
     if isinstance(value, SecretStr):
         return "(empty)" if not value.get_secret_value() else "(set)"
@@ -47,7 +48,7 @@ def _default(name: str, field) -> str:  # type: ignore[no-untyped-def]
     return f"`{value}`"
 
 
-def _type(field) -> str:  # type: ignore[no-untyped-def]
+def _type(field: FieldInfo) -> str:
     from typing import Literal, get_args, get_origin
 
     if get_origin(field.annotation) is Literal:

@@ -57,11 +57,11 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
 
     @event.listens_for(engine, "connect")
     @event.listens_for(engine, "checkin")
-    def _checked_in(_dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
         record.info["checked_in_at"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
-    def _checked_out(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         last = record.info.get("checked_in_at")
         if last is not None and time.monotonic() - last <= idle_seconds:
             return
@@ -73,7 +73,7 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
             raise DisconnectionError("pooled connection is dead")
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the API read while a worker writes; foreign keys are off by default.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from app.settings import get_settings
 
 if TYPE_CHECKING:
+    from celery import Celery
     from prometheus_client.metrics_core import Metric
     from sqlalchemy import Engine
 
@@ -324,7 +325,7 @@ class QueueDepthCollector:
         yield from (waiting, reserved, depth, oldest)
 
 
-def _broker_app():  # type: ignore[no-untyped-def]
+def _broker_app() -> Celery:
     """The project's Celery app, or a bare one on BROKER_URL when the settings changed since
     it was made (its control API and connections are all the collector uses)."""
     from celery import Celery

@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AnyUrl, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Repository root: the embedded defaults live under ``<root>/var``.
@@ -351,7 +351,7 @@ class Settings(BaseSettings):
 
     @field_validator("ocr_task_time_limit")
     @classmethod
-    def _check_ocr_time_limit(cls, value: int, info) -> int:  # type: ignore[no-untyped-def]
+    def _check_ocr_time_limit(cls, value: int, info: ValidationInfo) -> int:
         visibility = info.data.get("broker_visibility_timeout")
         if visibility is not None and value >= visibility:
             raise ValueError("must be below BROKER_VISIBILITY_TIMEOUT, or a running OCR task would be delivered twice")
@@ -433,7 +433,7 @@ class Settings(BaseSettings):
 
     @field_validator("scan_stale_seconds")
     @classmethod
-    def _check_scan_stale(cls, value: float, info) -> float:  # type: ignore[no-untyped-def]
+    def _check_scan_stale(cls, value: float, info: ValidationInfo) -> float:
         timeout = info.data.get("scan_timeout")
         if timeout is not None and value <= timeout + 10:
             raise ValueError("must exceed SCAN_TIMEOUT by more than 10 s, or the sweep would take live scans")

@@ -10,10 +10,12 @@ transaction (published when it commits); ``GET /api/files/<id>`` reports progres
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from flask import Blueprint, current_app, g, request, url_for
 from pydantic import BaseModel, Field
 from spectree import Response
+from sqlalchemy.orm import Session
 
 from app.api.auth import require_api_key
 from app.api.errors import ApiError, ErrorResponse
@@ -32,7 +34,7 @@ from app.services.files import (
     received_chunks,
     upload_url,
 )
-from app.storage import get_storage
+from app.storage import Storage, get_storage
 
 bp = Blueprint("files", __name__)
 
@@ -113,7 +115,7 @@ class FileOut(FilePlan):
     completed_at: datetime | None
 
 
-def _storage():  # type: ignore[no-untyped-def]
+def _storage() -> Storage:
     return get_storage(current_app.config["SETTINGS"])
 
 
@@ -129,7 +131,7 @@ def _chunk_path(file_id: str, index: int) -> str:
 _COMPUTED = frozenset({"chunks_received", "missing_chunks", "download_url"})
 
 
-def file_out(session, storage, file: File) -> dict:  # type: ignore[no-untyped-def]
+def file_out(session: Session, storage: Storage, file: File) -> dict[str, Any]:
     """The status document of a file: its columns, what has arrived, and the download URL."""
     received = received_chunks(session, storage, file)
     have = set(received)

@@ -20,7 +20,7 @@ from app.db import session_scope
 from app.services.files import MergeBusy, TransientMergeError, merge_file
 from app.settings import get_settings
 from app.storage import get_storage
-from app.tasks.base import DB_UNAVAILABLE, RetryPolicy
+from app.tasks.base import DB_UNAVAILABLE, HandBackRetry, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def storage_retry() -> RetryPolicy:
 
 
 @celery_app.task(bind=True, name="app.tasks.files.merge")
-def merge(self, file_id: str, storage_retries: int = 0, db_retries: int = 0,  # type: ignore[no-untyped-def]
+def merge(self: HandBackRetry, file_id: str, storage_retries: int = 0, db_retries: int = 0,
           busy_retries: int = 0) -> dict[str, Any]:
     """Merge the chunks of ``file_id`` (status ``MERGING``); idempotent.
 

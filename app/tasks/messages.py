@@ -21,7 +21,7 @@ from app.metrics import MESSAGES_ROUTED
 from app.services.channels import make_channels
 from app.services.messages import STATUS_CHANNEL, RouteDeps, route_message
 from app.settings import get_settings
-from app.tasks.base import DB_UNAVAILABLE, RetryPolicy, http_session
+from app.tasks.base import DB_UNAVAILABLE, HandBackRetry, RetryPolicy, http_session
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _backoff(attempt: int) -> float:
 
 
 @celery_app.task(bind=True, name="app.tasks.messages.route")
-def route(self, message_id: str, db_retries: int = 0, replay: int | None = None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def route(self: HandBackRetry, message_id: str, db_retries: int = 0, replay: int | None = None) -> dict[str, Any]:
     """Send a message to its channels once; retries are counted per delivery in the database.
 
     ``db_retries`` counts retries after database errors so far (carried across retries);

@@ -31,7 +31,7 @@ from app.metrics import OCR_PAGES, OCR_UPLOADS
 from app.services.ocr import OcrDeps, OcrLimits, default_tmp_root, fail_upload, process_upload, set_thread_limit
 from app.settings import get_settings
 from app.storage import StorageUnavailable, get_storage
-from app.tasks.base import DB_UNAVAILABLE
+from app.tasks.base import DB_UNAVAILABLE, HandBackRetry
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ OCR_RETRY = replace(DB_UNAVAILABLE, transient=TRANSIENT, counter="retries")
     soft_time_limit=_settings.ocr_task_time_limit - 30,
     time_limit=_settings.ocr_task_time_limit,
 )
-def process(self, upload_id: str, retries: int = 0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def process(self: HandBackRetry, upload_id: str, retries: int = 0) -> dict[str, Any]:
     """OCR one upload and store its text and parsed preview (idempotent); ``retries``:
     retries after transient errors so far (``OCR_RETRY``)."""
     settings = get_settings()

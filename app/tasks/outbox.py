@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import signals
@@ -34,6 +35,7 @@ from app.services.outbox import (
     trace_headers,
 )
 from app.settings import Settings, get_settings
+from app.tasks.base import HandBackRetry
 from app.tracing import restored
 
 logger = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ class UnknownTargetTask(Exception):
     """The event names a task this application does not have."""
 
 
-def _publisher(producer: Any):  # type: ignore[no-untyped-def]
+def _publisher(producer: Any) -> Callable[[OutboxEvent], None]:
     def publish(event: OutboxEvent) -> None:
         if event.task_name not in celery_app.tasks:
             raise UnknownTargetTask(f"no task named {event.task_name!r}")
@@ -122,7 +124,7 @@ def drain(budget: float | None = None) -> dict[str, int]:
 
 
 @celery_app.task(bind=True, name=RELAY_TASK, ignore_result=True)
-def relay(self) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def relay(self: HandBackRetry) -> dict[str, int]:
     """Drain the outbox (see module docstring)."""
     settings = get_settings()
     if get_engine().dialect.name == "sqlite":

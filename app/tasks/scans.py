@@ -28,7 +28,7 @@ from app.services.jobs import RunHandle
 from app.services.sandbox import SandboxConfig, docker_client
 from app.services.scans import ScanDeps, run_scan, worker_name
 from app.settings import get_settings
-from app.tasks.base import DB_UNAVAILABLE, periodic
+from app.tasks.base import DB_UNAVAILABLE, HandBackRetry, periodic
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def thread_docker() -> docker.DockerClient:
 
 @celery_app.task(bind=True, name="app.tasks.scans.run", soft_time_limit=SOFT_TIME_LIMIT,
                  time_limit=SOFT_TIME_LIMIT + 30)
-def run(self, scan_id: str, db_retries: int = 0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def run(self: HandBackRetry, scan_id: str, db_retries: int = 0) -> dict[str, Any]:
     """Run one scan (idempotent: a job that is not QUEUED, or is claimed first by another
     worker, is skipped); ``db_retries``: retries after database errors so far."""
     settings = get_settings()

@@ -26,7 +26,7 @@ from app.services.email import SmtpSender, TransientEmailError
 from app.services.jobs import RunHandle, parse_now
 from app.services.telephony import TelephonyClient
 from app.settings import get_settings
-from app.tasks.base import RetryPolicy, http_session, periodic
+from app.tasks.base import HandBackRetry, RetryPolicy, http_session, periodic
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def dispatch_campaigns(run: RunHandle, at: datetime) -> None:
 
 
 @celery_app.task(bind=True, name="app.tasks.schedules.send_campaign_batch")
-def send_campaign_batch(self, campaign_id: int, batch: int, retries: int = 0) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def send_campaign_batch(self: HandBackRetry, campaign_id: int, batch: int, retries: int = 0) -> dict[str, int]:
     """Send one batch of a campaign; recipients already sent are never sent again."""
     settings = get_settings()
     try:
@@ -97,7 +97,7 @@ def lead_reminders(run: RunHandle, at: datetime) -> None:
 
 
 @celery_app.task(bind=True, name="app.tasks.schedules.send_lead_reminder")
-def send_lead_reminder(self, lead_id: int, due: str, now: str, retries: int = 0) -> str:  # type: ignore[no-untyped-def]
+def send_lead_reminder(self: HandBackRetry, lead_id: int, due: str, now: str, retries: int = 0) -> str:
     """Email one lead its reminder (once per due time) and move its next reminder forward."""
     settings = get_settings()
     period = timedelta(hours=settings.lead_reminder_period_hours)

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import redis
+from celery import Task
 
 from app.celery_app import celery_app
 from app.settings import get_settings
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 @celery_app.task(bind=True, name="app.tasks.system.ping")
-def ping(self) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def ping(self: Task) -> dict[str, Any]:
     """Probe: who consumed this task, and from which queue (proves routing end to end)."""
     delivery = self.request.delivery_info or {}
     logger.info("ping answered", extra={"pid": os.getpid()})
@@ -35,7 +36,7 @@ def ping(self) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 
 
 @celery_app.task(bind=True, name="app.tasks.system.slow_marker")
-def slow_marker(self, key: str, seconds: float) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def slow_marker(self: Task, key: str, seconds: float) -> dict[str, Any]:
     """Record each start (with the pid) and the completion under ``key`` in Redis.
 
     Used to show that a task whose process dies mid-run is delivered again and

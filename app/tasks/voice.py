@@ -94,7 +94,7 @@ class ScoreTask(BatchedTask, HandBackRetry):
 # track_started off: the row's ``processing`` status already says the task started, and
 # the STARTED state would cost a result-backend write per clip.
 @celery_app.task(bind=True, base=ScoreTask, name="app.tasks.voice.score", track_started=False)
-def score(self, task_id: str, db_retries: int = 0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def score(self: HandBackRetry, task_id: str, db_retries: int = 0) -> dict[str, Any]:
     """Claim the job (committed before scoring), score it, record the result or the reason it failed.
 
     A redelivered or duplicate message finds the job no longer ``pending`` and does
