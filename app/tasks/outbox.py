@@ -44,8 +44,8 @@ RELAY_TASK = "app.tasks.outbox.relay"
 
 
 class RelayTicksAtDebug(logging.Filter):
-    """Celery's own lines about the relay (beat sending it, a worker receiving it, its
-    success) at DEBUG: the relay runs every OUTBOX_RELAY_INTERVAL, so at INFO they were
+    """Celery's own lines about the relay (beat sending it, a worker receiving it or
+    discarding an expired one, its success) at DEBUG: the relay runs every OUTBOX_RELAY_INTERVAL, so at INFO they were
     three lines a second of an idle stack. A run that publishes, fails or redelivers
     still says so at INFO ("outbox relayed"); a failed run's error is not touched."""
 
@@ -64,7 +64,7 @@ def _about_relay(record: logging.LogRecord) -> bool:
 
 
 _RELAY_AT_DEBUG = RelayTicksAtDebug()
-for _name in ("celery.beat", "celery.worker.strategy", "celery.app.trace"):
+for _name in ("celery.beat", "celery.worker.strategy", "celery.worker.request", "celery.app.trace"):
     logging.getLogger(_name).addFilter(_RELAY_AT_DEBUG)
 
 

@@ -124,6 +124,7 @@ def _celery_lines_about(task: str) -> None:
     logging.getLogger("celery.beat").info("Scheduler: Sending due task %s (%s)", "outbox-relay", task)
     logging.getLogger("celery.worker.strategy").info(trace.LOG_RECEIVED, context, extra={"data": context})
     trace.info(trace.LOG_SUCCESS, context)
+    logging.getLogger("celery.worker.request").info("Discarding revoked task: %s[%s]", task, "x")
 
 
 def test_a_relay_tick_that_publishes_nothing_logs_nothing_at_info(pg_database, redis_client, caplog) -> None:  # type: ignore[no-untyped-def]
@@ -138,12 +139,12 @@ def test_a_relay_tick_that_publishes_nothing_logs_nothing_at_info(pg_database, r
 
     caplog.clear()  # every other task keeps Celery's INFO lines
     _celery_lines_about("app.tasks.system.ping")
-    assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 3
+    assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 4
 
     caplog.clear()  # with LOG_LEVEL=DEBUG the relay's lines are there, at DEBUG
     caplog.set_level(logging.DEBUG)
     _celery_lines_about(RELAY_TASK)
-    assert [r.levelname for r in caplog.records if r.name.startswith("celery.")] == ["DEBUG"] * 3
+    assert [r.levelname for r in caplog.records if r.name.startswith("celery.")] == ["DEBUG"] * 4
 
 
 def test_a_relay_tick_that_publishes_logs_at_info(pg_database, redis_client, caplog) -> None:  # type: ignore[no-untyped-def]
