@@ -101,6 +101,16 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f}× ({min(values):.2f}–{max(values):.2f})"
 
 
+def _ran(step: str, row: dict[str, Any]) -> bool:
+    """Whether a step did its work on a page: reading the page always; writing the
+    prepared page when a preparation step applied; the others when listed."""
+    if step == "load":
+        return True
+    if step == "write":
+        return any(not a.startswith("second_look") for a in row["applied"])
+    return any(a.startswith(step) for a in row["applied"])
+
+
 def table(rows: list[dict[str, Any]], repeat: int) -> str:
     lines = [f"Measured by `python -m bench.ocr.pagepath` (`OMP_THREAD_LIMIT=1`, {repeat} alternating runs per "
              "page, ratio per page, median and min–max over pages):", "",
@@ -118,8 +128,8 @@ def table(rows: list[dict[str, Any]], repeat: int) -> str:
     lines += ["", "| step | pages it ran on | cost when it ran (median ms) | check only (median ms) |",
               "|---|---|---|---|"]
     for step in STEPS:
-        ran = [r["steps"][step] for r in rows if any(a.startswith(step) for a in r["applied"])]
-        idle = [r["steps"][step] for r in rows if not any(a.startswith(step) for a in r["applied"])]
+        ran = [r["steps"][step] for r in rows if _ran(step, r)]
+        idle = [r["steps"][step] for r in rows if not _ran(step, r) and step != "write"]
         lines.append(f"| {step} | {len(ran)}/{len(rows)} | "
                      f"{f'{1000 * statistics.median(ran):.0f}' if ran else '–'} | "
                      f"{f'{1000 * statistics.median(idle):.1f}' if idle else '–'} |")
