@@ -31,7 +31,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 TESSERACT_ARGS = ["-l", "eng", "--psm", "6", "--oem", "3", "tsv"]
 TARGET = 1.3
-STEPS = ("load", "denoise", "perspective", "lighting", "inversion", "deskew", "upscale", "write", "second_look")
+STEPS = ("load", "denoise", "perspective", "lighting", "inversion", "deskew", "upscale", "binarize", "write",
+         "second_look")
 
 
 def page_files(clean: int, degraded: int, pdf: int, tmp: Path) -> list[tuple[str, str, Path]]:
