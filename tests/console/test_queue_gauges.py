@@ -74,4 +74,7 @@ def test_depth_gauges_equal_the_brokers_truth_with_prefetched_messages(broker, r
             held = redis_lib.Redis.from_url(REDIS_URL).hlen("unacked")
             assert held == PREFETCH
     finally:
+        # The worker gives its prefetched messages back to the queue when it stops: stop it
+        # first, then purge, so no later test's worker on this broker meets them.
+        worker.stop()
         purge(broker_url, "default")
