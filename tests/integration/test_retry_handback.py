@@ -123,14 +123,14 @@ def test_a_handed_back_task_resumes_its_retry_count(pg_database, unique) -> None
 
     A ``MERGING`` file whose merge claim another delivery holds: every merge of it meets
     ``MergeBusy`` and retries by ``MERGE_BUSY`` (50 retries). Its event already carries 49
-    of them. The merge is held up on the file's row lock while the broker goes away, so its
+    of them. The merge is held up on a lock of the files table while the broker goes away, so its
     retry (the 50th) is handed back to the event; once the broker is back and the event is
     published again, the merge finds its retries used up and gives this delivery up, which
     it would not do had the count started again.
     """
     from datetime import timedelta
 
-    from sqlalchemy import select
+    from sqlalchemy import text
 
     from app.models.files import MERGING, File
     from app.services.outbox import add_event
@@ -158,8 +158,10 @@ def test_a_handed_back_task_resumes_its_retry_count(pg_database, unique) -> None
                                  task_name="app.tasks.files.merge",
                                  payload={"file_id": file_id, MERGE_BUSY.counter: MERGE_BUSY.max_retries - 1}).id
         with session_scope() as lock:
-            # The merge's claim waits on this row lock while the broker goes away.
-            lock.execute(select(File.id).where(File.id == file_id).with_for_update())
+            # The merge's first read of the file waits on this table lock while the broker goes
+            # away. (A row lock would not hold it: the claim's conditional UPDATE does not
+            # match a row whose lease runs, so it never waits for the row.)
+            lock.execute(text("LOCK TABLE files IN ACCESS EXCLUSIVE MODE"))
             _publish(first.client, event_id)
             wait_for(lambda: _event(event_id).consumed_at is not None, timeout=30, interval=0.05,
                      message="the merge took its task")
