@@ -78,16 +78,18 @@ def _resolve_batting_row(innings: Innings, row: dict[str, Any]) -> None:
     if r is not None and b:
         candidates.append(("strike_rate", round2(100 * r / b)))
     # Replace a missing cell first; otherwise the one that was repaired from OCR damage.
-    for key, value in candidates:
-        if row[key] is None:
-            row[key] = value
-            row["_inferred"].append(key)
-            return
-    for key, value in candidates:
-        if _misread(readings.get(key), row[key], value):
-            row[key] = value
-            row["_inferred"].append(key)
-            return
+    _infer_one(row, readings, candidates)
+
+def _infer_one(row: dict[str, Any], readings: dict[str, Reading], candidates: list[tuple[str, Any]]) -> None:
+    """Take the first candidate for a missing cell; failing that, for one repaired from OCR
+    damage; and say which cell was inferred."""
+    pick = next(((k, v) for k, v in candidates if row[k] is None), None) or next(
+        ((k, v) for k, v in candidates if _misread(readings.get(k), row[k], v)), None)
+    if pick is not None:
+        key, value = pick
+        row[key] = value
+        row["_inferred"].append(key)
+
 
 def _resolve_bowling_row(innings: Innings, row: dict[str, Any]) -> None:
     """Economy = runs ÷ overs: derive one missing or contradicted cell."""
@@ -105,16 +107,7 @@ def _resolve_bowling_row(innings: Innings, row: dict[str, Any]) -> None:
             candidates.append(("runs", rounded))
     if runs is not None and balls:
         candidates.append(("economy", round2(runs * 6 / balls)))
-    for key, value in candidates:
-        if row[key] is None:
-            row[key] = value
-            row["_inferred"].append(key)
-            return
-    for key, value in candidates:
-        if _misread(readings.get(key), row[key], value):
-            row[key] = value
-            row["_inferred"].append(key)
-            return
+    _infer_one(row, readings, candidates)
 
 def _fill_from_total(innings: Innings) -> None:
     """One cell of a column still missing: the column's sum elsewhere on the card gives it."""

@@ -9,15 +9,6 @@ from typing import Any
 
 from app.services.scorecard.numbers import Line, Word, clean_name, read_int, read_overs
 
-_TITLE_RE = re.compile(r"^(?P<a>[A-Za-z][\w .&'-]*?)\s+(?:v|vs\.?|versus)\s+(?P<b>[A-Za-z][\w .&'-]*?)\s*$")
-_INNINGS_RE = re.compile(r"^(?P<team>.+?)\s+(?:(?:1st|2nd|first|second)\s+)?inn(?:ing)?s\b", re.I)
-_BAT_HEADER_RE = re.compile(r"^(?:batter|batsman|batsmen|batting)\b", re.I)
-_BOWL_HEADER_RE = re.compile(r"^(?:bowler|bowling)\b", re.I)
-_EXTRAS_RE = re.compile(r"^e[xk]tras?\b", re.I)
-_TOTAL_RE = re.compile(r"^t[o0]ta[l1I]\b", re.I)
-_DNB_RE = re.compile(r"^(?:did\s+not\s+bat|yet\s+to\s+bat)\s*[:;.]?\s*", re.I)
-_FOW_RE = re.compile(r"^fall\s+of\s+wick[e]?ts?\s*[:;.]?\s*", re.I)
-_RESULT_RE = re.compile(r"^result\s*[:;.]?\s*", re.I)
 #: The start of one fall-of-wickets item: ``3-100`` (wicket-score), OCR-damaged digits allowed.
 _FOW_PAIR_RE = re.compile(r"(?<![\w.])(?P<w>[0-9OolI|]{1,2})\s*[-–—~]\s*(?P<s>[0-9OolI|SZ]{1,3})(?![\w])")
 
