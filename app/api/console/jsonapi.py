@@ -17,7 +17,7 @@ from app.api.console import bp, check_csrf, need, ops
 from app.api.errors import ApiError, ErrorResponse
 from app.api.spec import ADMIN, spec
 from app.db import session_scope
-from app.services.console import details, ledger, operators
+from app.services.console import ledger, operators
 
 TAGS = ["console"]
 
@@ -125,12 +125,7 @@ def api_jobs(query: JobsQuery) -> Any:
 def api_job(family: str, job_id: str) -> Any:
     """One job: its ledger row, state timeline, readable result and outbox events."""
     with session_scope() as session:
-        try:
-            d = details.job_detail(session, family, job_id)
-        except ledger.FilterError as exc:
-            raise ApiError(404, "not_found", str(exc)) from None
-        if d is None:
-            raise ApiError(404, "not_found", f"no {family} job {job_id}")
+        d = ops.job_detail(session, family, job_id)
         out = JobDetailOut(job=JobRow(**d.row), timeline=[asdict(s) for s in d.timeline], result=d.result,
                            events=d.events)
         return out.model_dump(mode="json")

@@ -13,7 +13,18 @@ from app.api.console import Actor
 from app.api.errors import ApiError
 from app.db import session_scope
 from app.models.base import utcnow
-from app.services.console import actions, ledger, operators, queues, schedules
+from app.services.console import actions, details, ledger, operators, queues, schedules
+
+
+def job_detail(session: Any, family: str, job_id: str) -> details.JobDetail:
+    """One job of the ledger, or 404 (an unknown family too)."""
+    try:
+        detail = details.job_detail(session, family, job_id)
+    except ledger.FilterError as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    if detail is None:
+        raise ApiError(404, "not_found", f"no {family} job {job_id}")
+    return detail
 
 
 def celery() -> Any:

@@ -12,7 +12,7 @@ from app.api.console import COOKIE, bp, check_csrf, csrf_token, current_actor, n
 from app.api.errors import ApiError
 from app.db import session_scope
 from app.models.console import FAMILIES, LEDGER_STATES
-from app.services.console import details, ledger, operators
+from app.services.console import ledger, operators
 
 PAGE_SIZE = 50
 
@@ -128,12 +128,7 @@ def jobs_page() -> Any:
 @page("viewer")
 def job_page(family: str, job_id: str) -> Any:
     with session_scope() as session:
-        try:
-            detail = details.job_detail(session, family, job_id)
-        except ledger.FilterError as exc:
-            raise ApiError(404, "not_found", str(exc)) from None
-        if detail is None:
-            raise ApiError(404, "not_found", f"no {family} job {job_id}")
+        detail = ops.job_detail(session, family, job_id)
         return render("job.html", d=detail)
 
 
